@@ -1,0 +1,111 @@
+"""Architectures: torchvision ResNet18 / VGG11 as the paper used them, and CIFAR variants.
+
+Every model is a `StagedNet`: stem -> freezable blocks -> head, which computes exactly
+what the torchvision forward computes, but exposes the ordered freezable blocks
+(ResNet18: layer1..layer4; VGG11: its 8 conv blocks) so that freezing is one concept
+(kga_fast.freeze) and a frozen prefix can run without an autograd graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from kga_fast.errors import UserError
+
+ARCHS = ("resnet18", "vgg11", "resnet18-cifar", "vgg11-bn-cifar")
+
+
+class StagedNet(nn.Module):
+    """stem -> blocks[0..B-1] -> head.
+
+    `frozen` holds the 0-based indices of frozen blocks (set by kga_fast.freeze). The stem
+    counts as part of block 0: freezing block 0 freezes the stem too. While training, the
+    longest frozen prefix runs under no_grad (nothing in it needs a gradient), and frozen
+    blocks stay in eval mode so their BatchNorm running statistics never move.
+    """
+
+    def __init__(self, arch: str, stem: nn.Module, blocks: list[nn.Module], head: nn.Module):
+        super().__init__()
+        self.arch = arch
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+        self.frozen: tuple[int, ...] = ()
+
+    def frozen_prefix(self) -> int:
+        """Number of leading blocks that are frozen (the stem goes with block 0)."""
+        n = 0
+        while n < len(self.blocks) and n in self.frozen:
+            n += 1
+        return n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        prefix = self.frozen_prefix() if torch.is_grad_enabled() else 0
+        if prefix:
+            with torch.no_grad():
+                x = self.stem(x)
+                for block in self.blocks[:prefix]:
+                    x = block(x)
+            x = x.detach()
+        else:
+            x = self.stem(x)
+        for block in self.blocks[prefix:]:
+            x = block(x)
+        return self.head(x)
+
+    def train(self, mode: bool = True) -> StagedNet:
+        super().train(mode)
+        for i in self.frozen:
+            self.blocks[i].eval()
+            if i == 0:
+                self.stem.eval()
+        return self
+
+
+def _resnet18(num_classes: int, in_channels: int, cifar: bool) -> StagedNet:
+    net = tvm.resnet18(num_classes=num_classes)
+    if cifar:  # 3x3 stride-1 stem, no max-pool: keeps 32x32 inputs at full resolution
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    blocks = [net.layer1, net.layer2, net.layer3, net.layer4]
+    head = nn.Sequential(net.avgpool, nn.Flatten(1), net.fc)
+    return StagedNet("resnet18-cifar" if cifar else "resnet18", stem, blocks, head)
+
+
+def _vgg11(num_classes: int, in_channels: int, cifar: bool) -> StagedNet:
+    net = tvm.vgg11_bn(num_classes=num_classes) if cifar else tvm.vgg11(num_classes=num_classes)
+    features = list(net.features)
+    if in_channels != 3:
+        features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
+    # A block is one conv with what follows it up to the next conv (BN, ReLU, max-pool).
+    starts = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    ends = starts[1:] + [len(features)]
+    blocks = [nn.Sequential(*features[s:e]) for s, e in zip(starts, ends, strict=True)]
+    if cifar:  # five 2x pools take 32x32 to 1x1: a linear classifier on the 512 features
+        head = nn.Sequential(nn.Flatten(1), nn.Linear(512, num_classes))
+    else:
+        head = nn.Sequential(net.avgpool, nn.Flatten(1), net.classifier)
+    return StagedNet("vgg11-bn-cifar" if cifar else "vgg11", nn.Identity(), blocks, head)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3) -> StagedNet:
+    """A freshly initialised model. Inputs are (N, in_channels, 32, 32) images."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if num_classes < 2 or in_channels < 1:
+        raise UserError(f"bad model shape: num_classes={num_classes}, in_channels={in_channels}")
+    if arch.startswith("resnet18"):
+        return _resnet18(num_classes, in_channels, cifar=arch.endswith("-cifar"))
+    return _vgg11(num_classes, in_channels, cifar=arch.endswith("-cifar"))
+
+
+def block_names(arch: str) -> list[str]:
+    """Human names of the freezable blocks, 1-based as in the paper's notation."""
+    n = 4 if arch.startswith("resnet18") else 8
+    kind = "layer" if arch.startswith("resnet18") else "conv"
+    return [f"{kind}{i}" for i in range(1, n + 1)]
