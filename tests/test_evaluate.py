@@ -107,6 +107,7 @@ def test_predict_equals_a_plain_model_loop_and_restores_train_mode():
     torch.testing.assert_close(got, plain_logits(model, images), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_gathers_two_cpu_processes_without_duplicates(tmp_path):
     n, batch = 13, 4  # 13 = 2 * 7 - 1: rank 1 gets one padding sample
     out = tmp_path / "logits.pt"
