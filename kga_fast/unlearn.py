@@ -1,0 +1,302 @@
+"""KGA unlearning (the paper's Algorithm 1) with layer freezing, cached teachers and resume.
+
+    result = unlearn(models, data, UNLEARN_PRESETS["default"], freeze=(1, 2), seed=0,
+                     accelerator=accelerator, state_file=run_dir / "state" / name / "state.pt")
+
+Schedule. Per epoch, retain batches are counted from 1. Every D_r batch back-propagates
+L_r * (1 - ratio) / inner_steps. After every inner_steps-th batch AND after the epoch's last
+batch, one D_f batch and one D_n batch are drawn (each stream restarts when it runs out),
+L_a is back-propagated unscaled (as the original KGA code does) and the optimizer steps.
+The one difference from the pseudo-code, which steps at batch 0 (`curr_step mod INNER_STEPS
+= 0` before the increment): no gradient crosses an epoch boundary, so per-epoch resume is
+exact and the first update sees inner_steps retain batches, like every other update.
+
+Losses. The gap KL(A_d(z) || A_n(z)) is the same under both directions: the paper's eq. (2)
+writes it so, and the original code's `F.kl_div(log_softmax(A_n), log_softmax(A_d),
+log_target=True)` is KL(target || input) = KL(A_d || A_n) too. `direction` flips only the
+terms that involve A*: student_first (the paper's equations) KL(A* || A_f), KL(A* || A_d);
+teacher_first (the original code) KL(A_f || A*), KL(A_d || A*). `reduction` "pair" pairs the
+i-th D_f sample with the i-th D_n sample (eq. 2); "batch" compares batch means (the original
+code), and under DDP each process compares its own share of the batch.
+
+Teachers (A_d, A_f, A_n) are frozen and in eval mode; without augmentation their outputs are
+constants, computed once (`cache_teachers=True`) and indexed per batch; only A* runs forward
+and backward. The uncached path runs them every step on the very same batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from kga_fast import accel
+from kga_fast.data import DeviceLoader
+from kga_fast.errors import UserError
+from kga_fast.evaluate import predict
+from kga_fast.freeze import apply_freeze
+from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, kl_rows, retain_loss
+from kga_fast.models import StagedNet
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class UnlearnConfig:
+    """How A* is unlearned (the fields above `cache_teachers` change the result)."""
+
+    preset: str = "default"  # the preset these values came from ("custom" once overridden)
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-4  # constant learning rate
+    eps: float = 1e-8  # Adam epsilon
+    momentum: float = 0.0  # SGD momentum
+    weight_decay: float = 0.0  # L2 on the trainable parameters
+    ratio: float = 0.1  # retain loss ratio: each batch's L_r is scaled by (1 - ratio) / inner_steps
+    inner_steps: int = 15  # retain batches per optimizer step (one L_a per step)
+    batch_size: int = 256  # global batch (split across processes); D_f / D_n batches too
+    epochs: int = 15  # passes over D_r
+    direction: str = "student_first"  # student_first (paper eqs. 2, 3) | teacher_first (KGA code)
+    reduction: str = "pair"  # pair (paper eq. 2) | batch (KGA code)
+    cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
+    compile: bool = False  # torch.compile the student
+    impl: str | None = None  # loss backend: fused | reference | auto (None: KGA_FAST_IMPL)
+    log_every: int = 10  # optimizer steps between progress-bar loss updates (host syncs)
+
+
+RUNTIME_FIELDS = ("cache_teachers", "compile", "impl", "log_every")
+
+# Section 4.1 / 5.1 of the paper: Adam lr 0.05, eps 1e-8, ratio 0.1, inner steps 15, batch 256,
+# 15 epochs, no augmentation.
+PAPER = UnlearnConfig(preset="paper", optimizer="adam", lr=0.05, eps=1e-8, ratio=0.1, inner_steps=15,
+                      batch_size=256, epochs=15)  # fmt: skip
+# Ours: see bench/RESULTS.md, "Unlearning presets (the paper's open question)".
+DEFAULT = UnlearnConfig()
+UNLEARN_PRESETS = {"default": DEFAULT, "paper": PAPER}
+
+
+def config_key(cfg: UnlearnConfig) -> dict:
+    """The fields that change the result: what results.json records as "config"."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+
+
+def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
+    """UserError on a value that cannot work; returns cfg."""
+    for name, choices in (("optimizer", OPTIMIZERS), ("direction", DIRECTIONS), ("reduction", REDUCTIONS)):  # fmt: skip
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")  # fmt: skip
+    for name, ok in (("lr", cfg.lr > 0), ("ratio", 0 <= cfg.ratio <= 1), ("inner_steps", cfg.inner_steps >= 1),
+                     ("batch_size", cfg.batch_size >= 1), ("epochs", cfg.epochs >= 1)):  # fmt: skip
+        if not ok:
+            bound = "in [0, 1]" if name == "ratio" else "positive"
+            raise UserError(f"{name.replace('_', ' ')} must be {bound}, got {getattr(cfg, name)}")
+    return cfg
+
+
+@dataclass
+class UnlearnData:
+    """What unlearning reads: uint8 (N, C, 32, 32) images of D_r, D_f, D_n (no labels: every
+    KGA loss compares model outputs) and the dataset's normalization."""
+
+    retain: torch.Tensor
+    forget: torch.Tensor
+    new: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class UnlearnResult:
+    model: StagedNet  # A*, unwrapped, eval mode, on the accelerator's device
+    seconds: float  # unlearning time, teacher caching included, state saving excluded
+    teacher_seconds: float  # of which computing the cached teacher outputs (this piece)
+    epochs_resumed: int  # epochs loaded from an earlier, interrupted run
+    losses: dict[str, list[float]] = field(default_factory=dict)  # per-epoch mean L_r, L_a
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """Independent seeds for the D_r, D_f, D_n orders and dropout (DeviceLoader adds the epoch)."""
+    return (seed * 1_000_003 + stream * 10_007) % 2**31
+
+
+class Teachers:
+    """Outputs of the frozen teachers for a batch: cached tensors indexed by position (computed
+    once by evaluate.predict, whole set on every process), or the models run on the batch."""
+
+    def __init__(
+        self, models: dict[str, StagedNet], data: UnlearnData, accelerator, cached: bool, impl
+    ):
+        self.models, self.accelerator, self.cached, self.impl = models, accelerator, cached, impl
+        for m in models.values():
+            m.eval().requires_grad_(False)
+        if cached:
+
+            def logits(name: str, images: torch.Tensor) -> torch.Tensor:  # (N, K) on the device
+                out = predict(models[name], images, mean=data.mean, std=data.std, accelerator=accelerator)  # fmt: skip
+                return out.to(accelerator.device)
+
+            self.retain_logits = logits("Ad", data.retain)  # (N_r, K)
+            self.forget_logits = logits("Af", data.forget)  # (N_f, K)
+            new_ad, new_an = logits("Ad", data.new), logits("An", data.new)
+            self.new_gap = kl_rows(new_ad, new_an, impl=impl)  # (N_n,) KL(A_d || A_n)
+
+    @torch.no_grad()
+    def _forward(self, name: str, x: torch.Tensor) -> torch.Tensor:  # as predict() computes it
+        with self.accelerator.autocast():
+            return self.models[name](x).float()  # (B, K)
+
+    def retain(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.retain_logits[idx] if self.cached else self._forward("Ad", x)
+
+    def forget(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.forget_logits[idx] if self.cached else self._forward("Af", x)
+
+    def gap(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.cached:
+            return self.new_gap[idx]
+        return kl_rows(self._forward("Ad", x), self._forward("An", x), impl=self.impl)
+
+
+def _endless(loader: DeviceLoader, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches from overall draw number `start` on, restarting with the next epoch's order when
+    the loader runs out: draw k is batch k % len of epoch k // len, so resuming needs no state."""
+    epoch, skip = divmod(start, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        for b, batch in enumerate(loader):
+            if b >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def _make_optimizer(cfg: UnlearnConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def unlearn(
+    models: dict[str, StagedNet],
+    data: UnlearnData,
+    cfg: UnlearnConfig,
+    *,
+    freeze: tuple[int, ...],
+    seed: int,
+    accelerator,
+    state_dir: Path | None = None,
+    desc: str = "unlearn",
+) -> UnlearnResult:
+    """Unlearn D_f from a copy of models["Ad"] with KGA; teachers "Ad", "Af", "An".
+
+    `freeze` holds 1-based block numbers (kga_fast.freeze). With `state_dir`, the state is saved
+    there after every epoch but the last and an existing one is resumed; the caller clears it
+    (accel.clear_state) once the result is recorded. `cfg.batch_size` is the global batch.
+    """
+    check_config(cfg)
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    per_rank = accel.per_process_batch(accelerator, cfg.batch_size)
+    pair = min(
+        per_rank, len(data.forget) // world, len(data.new) // world
+    )  # D_f/D_n pairs per rank
+    if pair < 1:
+        raise UserError(f"D_f ({len(data.forget)}) and D_n ({len(data.new)}) need a sample per process")  # fmt: skip
+
+    def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool) -> DeviceLoader:
+        return DeviceLoader(
+            images, torch.zeros(len(images), dtype=torch.int64), batch_size=batch, mean=data.mean,
+            std=data.std, shuffle=True, seed=_stream_seed(seed, stream), device=device, rank=rank,
+            world_size=world, drop_last=drop_last, channels_last=device.type == "cuda",
+        )  # fmt: skip
+
+    retain_dl = loader(0, data.retain, per_rank, False)
+    forget_dl = loader(1, data.forget, pair, True)  # drop_last: every pair batch has P rows
+    new_dl = loader(2, data.new, pair, True)
+    n_batches = len(retain_dl)
+    steps_per_epoch = math.ceil(n_batches / cfg.inner_steps)
+
+    raw = copy.deepcopy(models["Ad"]).float()  # A* starts as A_d
+    apply_freeze(raw.requires_grad_(True), freeze)
+    if device.type == "cuda":
+        raw = raw.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(cfg, [p for p in raw.parameters() if p.requires_grad])
+    student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
+    key = config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
+                             "mixed_precision": str(accelerator.mixed_precision)}  # fmt: skip
+    progress = {"epoch": 0, "seconds": 0.0, "losses": {"retain": [], "align": []}, "key": key}
+
+    def sync() -> None:  # honest timing on CUDA
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    try:
+        saved = accel.load_state(accelerator, state_dir) if state_dir is not None else None
+        if saved is not None and saved.get("key") != key:
+            raise UserError(f"{state_dir} holds the state of another configuration; delete it to start over")  # fmt: skip
+        progress = saved or progress
+        start_epoch, losses = progress["epoch"], progress["losses"]
+        t0 = time.perf_counter()
+        teachers = {k: models[k] for k in ("Ad", "Af", "An")}
+        teachers = Teachers(teachers, data, accelerator, cfg.cache_teachers, cfg.impl)
+        sync()
+        teacher_seconds = time.perf_counter() - t0
+        seconds = progress["seconds"] + teacher_seconds
+        forget_it = _endless(forget_dl, start_epoch * steps_per_epoch)
+        new_it = _endless(new_dl, start_epoch * steps_per_epoch)
+        scale = (1.0 - cfg.ratio) / cfg.inner_steps
+        bar = tqdm(total=(cfg.epochs - start_epoch) * n_batches, desc=desc, leave=False,
+                   disable=not accelerator.is_local_main_process)  # fmt: skip
+        student.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            # Dropout (VGG) draws from a per-epoch seed, so a resumed epoch replays exactly.
+            torch.manual_seed(_stream_seed(seed, 3 + epoch) + rank)
+            retain_dl.set_epoch(epoch)
+            sum_r = torch.zeros((), device=device)  # summed on the device: no host sync per step
+            sum_a = torch.zeros((), device=device)
+            steps = 0
+            for b, (x, _, idx) in enumerate(retain_dl, 1):
+                # L_r backwards accumulate locally; only the step's L_a backward all-reduces.
+                with accelerator.no_sync(student):
+                    with accelerator.autocast():
+                        out = student(x).float()  # (B, K)
+                    target = teachers.retain(x, idx)  # (B, K)
+                    l_r = retain_loss(out, target, direction=cfg.direction, impl=cfg.impl)
+                    accelerator.backward(l_r * scale)
+                sum_r += l_r.detach()
+                if b % cfg.inner_steps == 0 or b == n_batches:
+                    xf, _, idx_f = next(forget_it)  # (P, C, H, W), (P,)
+                    xn, _, idx_n = next(new_it)
+                    with accelerator.autocast():
+                        out_f = student(xf).float()  # (P, K)
+                    l_a = alignment_loss(
+                        out_f, teachers.forget(xf, idx_f), teachers.gap(xn, idx_n),
+                        reduction=cfg.reduction, direction=cfg.direction, impl=cfg.impl,
+                    )  # fmt: skip
+                    accelerator.backward(l_a)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    sum_a += l_a.detach()
+                    steps += 1
+                    if steps % cfg.log_every == 0:
+                        r, a = sum_r.item() / b, sum_a.item() / steps
+                        bar.set_postfix(L_r=f"{r:.4f}", L_a=f"{a:.4f}", refresh=False)
+                bar.update(1)
+            losses["retain"].append(sum_r.item() / n_batches)
+            losses["align"].append(sum_a.item() / steps)
+            sync()
+            seconds += time.perf_counter() - t0
+            if state_dir is not None and epoch + 1 < cfg.epochs:
+                progress.update(epoch=epoch + 1, seconds=seconds, losses=losses)
+                accel.save_state(accelerator, state_dir, progress)
+    finally:
+        # Drop the DDP wrapper and optimizer from the accelerator (also after an interruption),
+        # so that the next run's save_state / load_state see exactly one model and optimizer.
+        accelerator.free_memory()
+    bar.close()
+    return UnlearnResult(raw.eval(), seconds, teacher_seconds, start_epoch, losses)
