@@ -31,6 +31,7 @@ class PretrainConfig:
     schedule: str = "onecycle"  # "onecycle" (linear warm-up, linear decay) or "constant"
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     min_steps: int = 100  # small splits (A_n on D_n) get at least this many steps
+    save_every_seconds: float = 30.0  # resume state at most this often (and after the last epoch)
 
 
 PRETRAIN_PRESETS = {
@@ -39,8 +40,15 @@ PRETRAIN_PRESETS = {
     "default": PretrainConfig(),
     # The paper's recipe (section 5.1): plain SGD lr 0.001, batch 128, 20 epochs, no augmentation.
     "paper": PretrainConfig(
-        preset="paper", epochs=20, batch_size=128, lr=0.001, momentum=0.0, nesterov=False,
-        weight_decay=0.0, schedule="constant", min_steps=0,
+        preset="paper",
+        epochs=20,
+        batch_size=128,
+        lr=0.001,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        schedule="constant",
+        min_steps=0,
     ),
 }
 
@@ -66,9 +74,12 @@ class RunConfig:
 
     def split_options(self) -> dict:
         return dict(
-            forget_fraction=self.forget_fraction, forget_classes=self.forget_classes,
-            forget_index_file=self.forget_index_file, new_fraction=self.new_fraction,
-            train_subset=self.train_subset, test_subset=self.test_subset,
+            forget_fraction=self.forget_fraction,
+            forget_classes=self.forget_classes,
+            forget_index_file=self.forget_index_file,
+            new_fraction=self.new_fraction,
+            train_subset=self.train_subset,
+            test_subset=self.test_subset,
         )
 
 
@@ -76,31 +87,83 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
     d = defaults or RunConfig()
     g = parser.add_argument_group("run folder, data and split")
-    g.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<dataset>-<arch>)")
+    g.add_argument(
+        "--run-dir", type=Path, default=None, help="run folder (default: runs/<dataset>-<arch>)"
+    )
     g.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)}")
-    g.add_argument("--data-dir", default=d.data_dir, help="dataset folder (default: the dataset's usual place)")
-    g.add_argument("--download", action="store_true", help="download the dataset with torchvision (online)")
+    g.add_argument(
+        "--data-dir", default=d.data_dir, help="dataset folder (default: the dataset's usual place)"
+    )
+    g.add_argument(
+        "--download", action="store_true", help="download the dataset with torchvision (online)"
+    )
     g.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)}")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the split and of pretraining")
-    g.add_argument("--forget-fraction", type=float, default=d.forget_fraction, help="share of the train set to forget")
-    g.add_argument("--forget-classes", type=_int_list, default=d.forget_classes, help="forget whole classes, e.g. 3,5")
-    g.add_argument("--forget-index-file", default=d.forget_index_file, help="forget these train indices (.json/.npy/.txt)")
-    g.add_argument("--new-fraction", type=float, default=d.new_fraction, help="share of the test set used as D_n")
-    g.add_argument("--train-subset", type=int, default=d.train_subset, help="use a random train subset of this size")
-    g.add_argument("--test-subset", type=int, default=d.test_subset, help="use a random test subset of this size")
-    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision,
-                   help="autocast precision (default: accelerate's config)")
+    g.add_argument(
+        "--forget-fraction",
+        type=float,
+        default=d.forget_fraction,
+        help="share of the train set to forget",
+    )
+    g.add_argument(
+        "--forget-classes",
+        type=_int_list,
+        default=d.forget_classes,
+        help="forget whole classes, e.g. 3,5",
+    )
+    g.add_argument(
+        "--forget-index-file",
+        default=d.forget_index_file,
+        help="forget these train indices (.json/.npy/.txt)",
+    )
+    g.add_argument(
+        "--new-fraction",
+        type=float,
+        default=d.new_fraction,
+        help="share of the test set used as D_n",
+    )
+    g.add_argument(
+        "--train-subset",
+        type=int,
+        default=d.train_subset,
+        help="use a random train subset of this size",
+    )
+    g.add_argument(
+        "--test-subset",
+        type=int,
+        default=d.test_subset,
+        help="use a random test subset of this size",
+    )
+    g.add_argument(
+        "--mixed-precision",
+        choices=["no", "fp16", "bf16"],
+        default=d.mixed_precision,
+        help="autocast precision (default: accelerate's config)",
+    )
     p = parser.add_argument_group("pretraining of A_d, A_f, A_n, A_r")
     p.add_argument("--pretrain-preset", choices=sorted(PRETRAIN_PRESETS), default=d.pretrain.preset)
     p.add_argument("--pretrain-epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument("--pretrain-batch-size", type=int, default=None, help="override the preset's global batch")
-    p.add_argument("--pretrain-lr", type=float, default=None, help="override the preset's learning rate")
+    p.add_argument(
+        "--pretrain-batch-size", type=int, default=None, help="override the preset's global batch"
+    )
+    p.add_argument(
+        "--pretrain-lr", type=float, default=None, help="override the preset's learning rate"
+    )
+    p.add_argument(
+        "--pretrain-save-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="save resume state at most this often (0: every epoch; default 30)",
+    )
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -109,17 +172,32 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.arch not in ARCHS:
         raise UserError(f"unknown arch {args.arch!r}; choose one of {', '.join(ARCHS)}")
     pre = dataclasses.replace(PRETRAIN_PRESETS[args.pretrain_preset])
+    if args.pretrain_save_every is not None:
+        pre.save_every_seconds = max(0.0, args.pretrain_save_every)
     for name in ("epochs", "batch_size", "lr"):
         value = getattr(args, f"pretrain_{name}")
         if value is not None:
             if value <= 0:
-                raise UserError(f"--pretrain-{name.replace('_', '-')} must be positive, got {value}")
+                raise UserError(
+                    f"--pretrain-{name.replace('_', '-')} must be positive, got {value}"
+                )
             setattr(pre, name, value)
-    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / f"{args.dataset}-{args.arch}"
+    run_dir = (
+        args.run_dir if args.run_dir is not None else Path("runs") / f"{args.dataset}-{args.arch}"
+    )
     return RunConfig(
-        run_dir=Path(run_dir), dataset=args.dataset, data_dir=args.data_dir, download=args.download,
-        arch=args.arch, seed=args.seed, forget_fraction=args.forget_fraction,
-        forget_classes=args.forget_classes, forget_index_file=args.forget_index_file,
-        new_fraction=args.new_fraction, train_subset=args.train_subset, test_subset=args.test_subset,
-        mixed_precision=args.mixed_precision, pretrain=pre,
+        run_dir=Path(run_dir),
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        arch=args.arch,
+        seed=args.seed,
+        forget_fraction=args.forget_fraction,
+        forget_classes=args.forget_classes,
+        forget_index_file=args.forget_index_file,
+        new_fraction=args.new_fraction,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        mixed_precision=args.mixed_precision,
+        pretrain=pre,
     )

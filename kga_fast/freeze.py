@@ -18,7 +18,9 @@ def parse_freeze(spec: str | list[int] | tuple[int, ...], arch: str) -> tuple[in
         try:
             numbers = [int(p) for p in parts]
         except ValueError:
-            raise UserError(f"bad freeze spec {spec!r}: use 0 or comma-separated block numbers like 1,2,3") from None
+            raise UserError(
+                f"bad freeze spec {spec!r}: use 0 or comma-separated block numbers like 1,2,3"
+            ) from None
     else:
         numbers = [int(p) for p in spec]
     if numbers == [0] or not numbers:
@@ -26,7 +28,9 @@ def parse_freeze(spec: str | list[int] | tuple[int, ...], arch: str) -> tuple[in
     n_blocks = len(block_names(arch))
     bad = [b for b in numbers if not 1 <= b <= n_blocks]
     if bad:
-        raise UserError(f"freeze block {bad[0]} out of range for {arch}: it has blocks 1..{n_blocks}")
+        raise UserError(
+            f"freeze block {bad[0]} out of range for {arch}: it has blocks 1..{n_blocks}"
+        )
     if len(set(numbers)) != len(numbers):
         raise UserError(f"freeze spec {spec!r} names a block twice")
     return tuple(sorted(numbers))

@@ -1,7 +1,7 @@
 """A run folder opened for work: its config, its split, and the images of each split.
 
-    run = open_run(cfg, accelerator)
-    images, labels = run.subset("retain")   # uint8 (N, C, 32, 32), int64 (N,)
+run = open_run(cfg, accelerator)
+images, labels = run.subset("retain")   # uint8 (N, C, 32, 32), int64 (N,)
 """
 
 from __future__ import annotations
@@ -60,7 +60,12 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
 
     def make() -> Splits:
         return load_or_create_splits(
-            cfg.run_dir, cfg.dataset, train.labels, len(test.labels), seed=cfg.seed, **cfg.split_options()
+            cfg.run_dir,
+            cfg.dataset,
+            train.labels,
+            len(test.labels),
+            seed=cfg.seed,
+            **cfg.split_options(),
         )
 
     if accelerator is None or accelerator.num_processes == 1:

@@ -1,0 +1,120 @@
+"""What every training loop here shares under Accelerate: the accelerator, the device-resident
+batches of one rank, and resumable state saved each epoch without ever leaving a half-written
+state behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from kga_fast.data import DeviceLoader
+from kga_fast.errors import UserError
+
+
+def make_accelerator(mixed_precision: str | None = None) -> Accelerator:
+    """An Accelerator; mixed_precision None defers to `accelerate launch` / its config.
+
+    Without a GPU we ask for the CPU explicitly: only then does Accelerate turn a torchrun
+    launch with several processes into DDP over gloo (MULTI_CPU).
+    """
+    cpu = not torch.cuda.is_available()
+    if cpu and mixed_precision == "fp16":
+        raise UserError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on the CPU")
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def is_distributed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type != DistributedType.NO and accelerator.num_processes > 1
+
+
+def per_process_batch(accelerator: Accelerator, global_batch: int) -> int:
+    world = accelerator.num_processes
+    if global_batch % world:
+        raise UserError(f"global batch {global_batch} is not divisible by the {world} processes")
+    return global_batch // world
+
+
+def rank_loader(
+    accelerator: Accelerator,
+    images: torch.Tensor,  # (N, C, H, W) uint8
+    labels: torch.Tensor,  # (N,)
+    *,
+    global_batch: int,
+    mean,
+    std,
+    shuffle: bool,
+    seed: int,
+    drop_last: bool = False,
+) -> DeviceLoader:
+    """This rank's share of `images`, resident on the accelerator's device.
+
+    Sharding follows DistributedSampler, so the union over ranks of batch b is the same set of
+    images as batch b of a single process with the same global batch.
+    """
+    batch = per_process_batch(accelerator, global_batch)
+    return DeviceLoader(
+        images,
+        labels,
+        batch_size=batch,
+        mean=mean,
+        std=std,
+        shuffle=shuffle,
+        seed=seed,
+        device=accelerator.device,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        drop_last=drop_last,
+        channels_last=accelerator.device.type == "cuda",
+    )
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def save_state(accelerator: Accelerator, state_dir: Path, progress: dict) -> None:
+    """accelerator.save_state (models, optimizers, RNG) plus `progress`, swapped in atomically:
+    a crash while saving leaves the previous epoch's state intact."""
+    state_dir = Path(state_dir)
+    tmp = state_dir.with_name(state_dir.name + ".tmp")
+    old = state_dir.with_name(state_dir.name + ".old")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / PROGRESS_FILE).write_text(json.dumps(progress))
+        shutil.rmtree(old, ignore_errors=True)
+        if state_dir.exists():
+            os.replace(state_dir, old)
+        os.replace(tmp, state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_state(accelerator: Accelerator, state_dir: Path) -> dict | None:
+    """The progress saved by `save_state` after restoring models, optimizers and RNG; None if
+    there is no complete state to resume from."""
+    state_dir = Path(state_dir)
+    if not (state_dir / PROGRESS_FILE).is_file():
+        old = state_dir.with_name(state_dir.name + ".old")
+        if not (old / PROGRESS_FILE).is_file():  # crashed between the two renames
+            return None
+        state_dir = old
+    accelerator.load_state(str(state_dir))
+    return json.loads((state_dir / PROGRESS_FILE).read_text())
+
+
+def clear_state(accelerator: Accelerator, state_dir: Path) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for suffix in ("", ".tmp", ".old"):
+            shutil.rmtree(Path(str(state_dir) + suffix), ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,202 @@
+"""Supervised pretraining of the four models of KGA: A_d (on D), A_f (D_f), A_n (D_n), A_r (D_r).
+
+One readable loop under Accelerate (DDP, mixed precision), on device-resident batches. Each
+model's state is saved after every epoch (at most every `save_every_seconds`, so that tiny splits
+do not spend their time writing state) under <run>/state/pretrain-<name>; rerunning the same
+command resumes there, and models already in <run>/models are loaded, not retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from kga_fast import accel
+from kga_fast.checkpoint import has_model, load_model, save_model
+from kga_fast.config import PretrainConfig
+from kga_fast.errors import UserError
+from kga_fast.evaluate import classification_metrics, predict
+from kga_fast.models import StagedNet, build_model
+from kga_fast.run import TRAINED_ON, Run
+
+MODEL_NAMES = ("Ad", "Af", "An", "Ar")
+DESCRIPTION = {"Ad": "A_d on D", "Af": "A_f on D_f", "An": "A_n on D_n", "Ar": "A_r on D_r"}
+
+
+def learning_rate(cfg: PretrainConfig, step: int, total: int) -> float:
+    """The schedule as a pure function of the step, so resuming needs no scheduler state."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    warmup = max(1, int(0.15 * total))  # one-cycle: linear up from lr/10, then linearly to 0
+    if step < warmup:
+        return cfg.lr * (0.1 + 0.9 * step / warmup)
+    return cfg.lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
+    """Train model `name` on its split (resuming from saved state) and save it to the run folder."""
+    cfg, pre = run.cfg, run.cfg.pretrain
+    images, labels = run.subset(*TRAINED_ON[name])
+    set_seed(cfg.seed)  # the same initial weights for all four models
+    model = build_model(cfg.arch, run.num_classes, run.in_channels)
+    sync_bn = accel.is_distributed(accelerator) and accelerator.device.type == "cuda"
+    if sync_bn:  # batch statistics over the global batch (SyncBatchNorm is GPU-only)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if accelerator.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    batch = min(pre.batch_size, len(images) - len(images) % accelerator.num_processes)
+    loader = accel.rank_loader(
+        accelerator,
+        images,
+        labels,
+        global_batch=batch,
+        mean=run.train.mean,
+        std=run.train.std,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+    )
+    epochs = max(pre.epochs, math.ceil(pre.min_steps / len(loader)))
+    total_steps = epochs * len(loader)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=pre.lr,
+        momentum=pre.momentum,
+        nesterov=pre.nesterov and pre.momentum > 0,
+        weight_decay=pre.weight_decay,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state_dir = cfg.run_dir / "state" / f"pretrain-{name}"
+    progress = accel.load_state(accelerator, state_dir) or {"epoch": -1, "seconds": 0.0}
+    if progress["epoch"] >= 0:
+        accelerator.print(f"[{name}] resuming after epoch {progress['epoch'] + 1}/{epochs}")
+
+    last_save = time.perf_counter()
+    for epoch in range(progress["epoch"] + 1, epochs):
+        model.train()
+        loader.set_epoch(epoch)
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
+        correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+        bar = tqdm(
+            loader,
+            desc=f"{name} epoch {epoch + 1}/{epochs}",
+            leave=False,
+            disable=not accelerator.is_local_main_process,
+        )
+        for step, (x, y, _) in enumerate(bar, start=epoch * len(loader)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(pre, step, total_steps)
+            with accelerator.autocast():
+                logits = model(x)  # (B, classes)
+                loss = F.cross_entropy(logits, y, label_smoothing=pre.label_smoothing)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+        seconds = time.perf_counter() - start
+        progress = {"epoch": epoch, "seconds": progress["seconds"] + seconds}
+        if epoch == epochs - 1 or time.perf_counter() - last_save >= pre.save_every_seconds:
+            # Tiny splits run many short epochs: saving each one would cost more than it saves.
+            accel.save_state(accelerator, state_dir, progress)
+            last_save = time.perf_counter()
+        stats = accelerator.reduce(torch.stack([loss_sum / len(loader), correct.float()]), "sum")
+        seen = len(loader) * loader.batch_size * accelerator.num_processes
+        accelerator.print(
+            f"[{name}] epoch {epoch + 1}/{epochs}: loss {stats[0].item() / accelerator.num_processes:.4f}"
+            f"  train acc {stats[1].item() / seen:.4f}  {seen / seconds:.0f} img/s"
+        )
+
+    net = accelerator.unwrap_model(model)
+    if sync_bn:
+        net = _revert_sync_batchnorm(net)
+    test_images, test_labels = run.subset("test")
+    logits = predict(
+        net, test_images, mean=run.train.mean, std=run.train.std, accelerator=accelerator
+    )
+    metrics = classification_metrics(logits, test_labels, run.num_classes)
+    accelerator.print(
+        f"[{name}] done: {DESCRIPTION[name]}, {len(images)} images, {epochs} epochs, "
+        f"{progress['seconds']:.0f} s; held-out D_t accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1']:.4f}"
+    )
+    if accelerator.is_main_process:
+        save_model(
+            cfg.run_dir,
+            name,
+            net,
+            {
+                "dataset": cfg.dataset,
+                "split": list(TRAINED_ON[name]),
+                "epochs": epochs,
+                "config": dataclasses.asdict(pre),
+                "seed": cfg.seed,
+                "train_seconds": progress["seconds"],
+                "test_accuracy": metrics["accuracy"],
+                "test_f1": metrics["f1"],
+            },
+        )
+    accel.clear_state(accelerator, state_dir)
+    accelerator.free_memory()
+    return net
+
+
+def _revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm back to BatchNorm2d (same parameters and statistics) for saving."""
+    for child_name, child in module.named_children():
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            bn = torch.nn.BatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            ).to(child.weight.device)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, child_name, bn)
+        else:
+            _revert_sync_batchnorm(child)
+    return module
+
+
+def ensure_pretrained(
+    run: Run,
+    accelerator: Accelerator,
+    *,
+    allow_train: bool = True,
+    names: tuple[str, ...] = MODEL_NAMES,
+) -> dict[str, StagedNet]:
+    """The models `names` (default all four: "Ad", "Af", "An", "Ar"): loaded when saved, trained when missing.
+
+    Returned on the accelerator's device, in eval mode, with requires_grad off (frozen teachers).
+    """
+    cfg = run.cfg
+    models = {}
+    for name in names:
+        if name not in MODEL_NAMES:
+            raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        if not has_model(cfg.run_dir, name):
+            if not allow_train:
+                raise UserError(
+                    f"model {name} is missing from {cfg.run_dir / 'models'}; run without --no-pretrain "
+                    "(or scripts/pretrain.py) to train it"
+                )
+            train_model(run, name, accelerator)
+            accelerator.wait_for_everyone()
+        model, _ = load_model(
+            cfg.run_dir,
+            name,
+            arch=cfg.arch,
+            num_classes=run.num_classes,
+            in_channels=run.in_channels,
+            device=accelerator.device,
+        )
+        models[name] = model.eval().requires_grad_(False)
+    return models

@@ -1,0 +1,103 @@
+"""Pretraining through the script on real Fashion-MNIST subsets: a tiny run, resume after a kill,
+DDP with two CPU processes, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TINY = ["--train-subset", "512", "--test-subset", "200", "--pretrain-batch-size", "64"]
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST (Debian package dataset-fashion-mnist) is not installed",
+)
+
+
+def pretrain(run_dir, *extra, check=True, **kw):
+    cmd = [PY, str(ROOT / "scripts" / "pretrain.py"), "--run-dir", str(run_dir), *TINY, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=check, **kw)
+
+
+def test_tiny_pretraining_writes_four_models(tmp_path):
+    out = pretrain(tmp_path, "--pretrain-preset", "paper", "--pretrain-epochs", "1")
+    for name in ("Ad", "Af", "An", "Ar"):
+        meta = json.loads((tmp_path / "models" / f"{name}.json").read_text())
+        assert meta["arch"] == "resnet18" and meta["num_classes"] == 10 and meta["in_channels"] == 1
+        assert meta["config"]["preset"] == "paper" and 0.0 <= meta["test_accuracy"] <= 1.0
+        assert (tmp_path / "models" / f"{name}.safetensors").stat().st_size > 1_000_000
+    assert "held-out D_t accuracy" in out.stdout
+    assert not (tmp_path / "state" / "pretrain-Ad").exists()  # resume state removed once finished
+    again = pretrain(tmp_path, "--pretrain-preset", "paper", "--pretrain-epochs", "1")
+    assert "epoch" not in again.stdout  # finished models are loaded, not retrained
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path):
+    args = ["--only", "Ad", "--pretrain-epochs", "4", "--pretrain-save-every", "0"]
+    pretrain(tmp_path / "straight", *args)
+    interrupted = tmp_path / "interrupted"
+    cmd = [PY, str(ROOT / "scripts" / "pretrain.py"), "--run-dir", str(interrupted), *TINY, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = interrupted / "state" / "pretrain-Ad" / "progress.json"
+    deadline = time.time() + 300
+    while not progress.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (interrupted / "models" / "Ad.safetensors").exists(), (
+        "run finished before it was killed"
+    )
+    resumed = pretrain(interrupted, *args)
+    assert "resuming after epoch" in resumed.stdout
+    a = load_file(tmp_path / "straight" / "models" / "Ad.safetensors")
+    b = load_file(interrupted / "models" / "Ad.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
+    out = tmp_path / "ddp.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        str(Path(PY).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "ddp_pretrain_worker.py"),
+        str(tmp_path / "run"),
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, timeout=300, env=env, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["world"] == 2 and result["distributed"]
+    (s0, q0), (s1, q1) = result["checksums"]
+    assert s0 == s1 and q0 == q1
+    assert (tmp_path / "run" / "models" / "Ad.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "mnist"], "unknown dataset"),
+        (["--arch", "resnet50"], "unknown arch"),
+        (["--forget-fraction", "1.5"], "forget"),
+        (["--pretrain-epochs", "0"], "must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    out = pretrain(run_dir, *args, check=False)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
+    assert "Traceback" not in out.stderr
+    assert not (run_dir / "models").exists()
