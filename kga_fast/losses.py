@@ -1,4 +1,5 @@
-"""The KGA losses (public API). All take logits (N, C) and return float32.
+"""The KGA losses (public API). All take logits (N, C) and return float32 (float64 when an
+input is float64, so that gradcheck works).
 
 - kl_rows(p, q)   -> (N,)  KL(softmax(p) || softmax(q))
 - jsd_rows(p, q)  -> (N,)  true Jensen-Shannon divergence, in [0, ln 2]
@@ -24,6 +25,12 @@ DIRECTIONS = ("student_first", "teacher_first")
 REDUCTIONS = ("pair", "batch")
 
 
+@torch.compiler.assume_constant_result
+def _has_fused_kernels(device_type: str) -> bool:
+    # A dispatcher query torch.compile cannot trace; its answer is fixed once _C is loaded.
+    return native.has_device(device_type)
+
+
 def resolve_impl(impl: str | None, device: torch.device) -> str:
     """'fused' or 'reference' for tensors on `device`."""
     choice = impl if impl is not None else os.environ.get("KGA_FAST_IMPL", "auto")
@@ -31,7 +38,7 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
         raise UserError(f"unknown loss impl {choice!r}; choose one of {', '.join(IMPLS)}")
     if choice == "reference":
         return "reference"
-    if native.has_device(device.type):
+    if _has_fused_kernels(device.type):
         return "fused"
     if choice == "auto":
         return "reference"
@@ -41,31 +48,37 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
 
 def _check_pair(p: torch.Tensor, q: torch.Tensor) -> None:
     if p.dim() != 2 or p.shape != q.shape:
-        raise ValueError(f"expected two (N, C) logit tensors of one shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+        raise ValueError(
+            f"expected two (N, C) logit tensors of one shape, got {tuple(p.shape)} and {tuple(q.shape)}"
+        )
     if p.shape[0] == 0 or p.shape[1] == 0:
         raise ValueError(f"empty logits of shape {tuple(p.shape)}")
     if p.device != q.device:
         raise ValueError(f"logits on different devices: {p.device} and {q.device}")
 
 
-def kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
+def kl_rows(
+    p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None
+) -> torch.Tensor:
     """KL(softmax(p) || softmax(q)) per row, natural log: (N, C), (N, C) -> (N,) float32."""
     _check_pair(p_logits, q_logits)
     if resolve_impl(impl, p_logits.device) == "fused":
         from kga_fast import ops
 
         return ops.kl_rows(p_logits, q_logits)
-    return reference.kl_rows(p_logits, q_logits).float()
+    return reference.kl_rows(p_logits, q_logits)
 
 
-def jsd_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
+def jsd_rows(
+    p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None
+) -> torch.Tensor:
     """Jensen-Shannon divergence per row (nats): (N, C), (N, C) -> (N,) float32."""
     _check_pair(p_logits, q_logits)
     if resolve_impl(impl, p_logits.device) == "fused":
         from kga_fast import ops
 
         return ops.jsd_rows(p_logits, q_logits)
-    return reference.jsd_rows(p_logits, q_logits).float()
+    return reference.jsd_rows(p_logits, q_logits)
 
 
 def _directed_kl(student, teacher, direction: str, impl: str | None) -> torch.Tensor:
@@ -91,14 +104,18 @@ def alignment_loss(
     reduction="batch": |mean_i KL_i - mean_j gap_j| (the original KGA code).
     """
     kl = _directed_kl(student_logits, teacher_logits, direction, impl)
-    gap = gap.detach().float()
+    gap = gap.detach().to(kl.dtype)
     if reduction == "pair":
         if gap.shape != kl.shape:
-            raise ValueError(f"reduction='pair' needs one gap per row: gap {tuple(gap.shape)} vs {tuple(kl.shape)}")
+            raise ValueError(
+                f"reduction='pair' needs one gap per row: gap {tuple(gap.shape)} vs {tuple(kl.shape)}"
+            )
         return (kl - gap).abs().mean()
     if reduction == "batch":
         if gap.dim() != 1 or gap.numel() == 0:
-            raise ValueError(f"reduction='batch' needs a non-empty 1-D gap, got shape {tuple(gap.shape)}")
+            raise ValueError(
+                f"reduction='batch' needs a non-empty 1-D gap, got shape {tuple(gap.shape)}"
+            )
         return (kl.mean() - gap.mean()).abs()
     raise UserError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
 
