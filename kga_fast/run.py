@@ -55,8 +55,13 @@ class Run:
 
 def open_run(cfg: RunConfig, accelerator=None) -> Run:
     """Load the datasets and the split of `cfg.run_dir` (created on first use, on the main process)."""
+    distributed = accelerator is not None and accelerator.num_processes > 1
+    if distributed and cfg.download and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()  # let the main process download alone, then read its files
     train = load_images(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
     test = load_images(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
+    if distributed and cfg.download and accelerator.is_main_process:
+        accelerator.wait_for_everyone()
 
     def make() -> Splits:
         return load_or_create_splits(
@@ -68,7 +73,7 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
             **cfg.split_options(),
         )
 
-    if accelerator is None or accelerator.num_processes == 1:
+    if not distributed:
         splits = make()
     else:
         # The main process writes splits.json; the others read what it wrote.
