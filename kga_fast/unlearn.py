@@ -287,8 +287,11 @@ def unlearn(
                         r, a = sum_r.item() / b, sum_a.item() / steps
                         bar.set_postfix(L_r=f"{r:.4f}", L_a=f"{a:.4f}", refresh=False)
                 bar.update(1)
-            losses["retain"].append(sum_r.item() / n_batches)
-            losses["align"].append(sum_a.item() / steps)
+            # Mean over processes of their mean losses: the single-process value at equal shares.
+            epoch_means = torch.stack([sum_r / n_batches, sum_a / steps])
+            epoch_means = accelerator.reduce(epoch_means, "mean") if world > 1 else epoch_means
+            losses["retain"].append(epoch_means[0].item())
+            losses["align"].append(epoch_means[1].item())
             sync()
             seconds += time.perf_counter() - t0
             if state_dir is not None and epoch + 1 < cfg.epochs:
