@@ -1,0 +1,138 @@
+"""The report's table of methods: KGA against the baselines on one footing, with the MIA audit.
+
+    report.SECTIONS.append(methods_section)   # report.md gains "## Methods and membership inference"
+
+Reads the records of results.json: "method" (absent: kga), "eval" ({split: {"accuracy": {Ad, A*,
+Ar}, "jsd": {"A*,Ar"}}} with splits forget, retain, test), "mia" ({Ad, A*, Ar: {attack: value}},
+kga_fast.audit), "unlearn_seconds" and "retrain_seconds" (A_r's training time). One row per
+(method, freeze, preset, config), mean ± sample std over seeds; two reference rows on top:
+A_d before unlearning and A_r (the "retrain" method: records of that method fold into it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Callable
+
+from kga_fast.freeze import freeze_label
+
+# The same names as kga_fast.baselines.METHODS and kga_fast.audit.ATTACKS (checked by the
+# tests), kept here so that building a report imports neither torch training code nor sklearn.
+METHOD_ORDER = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "scrub")
+ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
+
+# A column's value for one record and model: "A*" in a method row, "Ad" / "Ar" in a reference row.
+Getter = Callable[[dict, str], float | None]
+
+
+def _get(record: dict, *path: str) -> float | None:
+    node = record
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def _accuracy(split: str) -> Getter:
+    return lambda r, m: _get(r, "eval", split, "accuracy", m)
+
+
+def _attack(name: str) -> Getter:
+    return lambda r, m: _get(r, "mia", m, name)
+
+
+def _jsd_to_ar(split: str) -> Getter:
+    # A_r to itself is 0; A_d to A_r is not among the evaluated pairs.
+    return lambda r, m: {"Ar": 0.0, "A*": _get(r, "eval", split, "jsd", "A*,Ar")}.get(m)
+
+
+def _seconds(r: dict, m: str) -> float | None:
+    return {"A*": _get(r, "unlearn_seconds"), "Ar": _get(r, "retrain_seconds")}.get(m)
+
+
+def _relative(r: dict, m: str) -> float | None:
+    t, ref = _seconds(r, m), _get(r, "retrain_seconds")
+    return t / ref if t is not None and ref else None
+
+
+COLUMNS: list[tuple[str, Getter, int]] = [  # (header, value, decimals)
+    ("Acc D_f", _accuracy("forget"), 3),
+    ("Acc D_r", _accuracy("retain"), 3),
+    ("Acc D_t", _accuracy("test"), 3),
+    ("JSD(·,A_r) D_f", _jsd_to_ar("forget"), 4),
+    ("JSD(·,A_r) D_t", _jsd_to_ar("test"), 4),
+    *[(name, _attack(name), 3) for name in ATTACKS],
+    ("time (s)", _seconds, 1),
+    ("time / retrain", _relative, 3),
+]
+
+
+def _cell(records: list[dict], get: Getter, model: str, decimals: int) -> str:
+    values = [v for v in (get(r, model) for r in records) if v is not None]
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _method(r: dict) -> str:
+    return r.get("method") or "kga"
+
+
+def format_methods_table(results: dict | list[dict]) -> str:
+    """One markdown table of methods for records of one dataset and arch (see the module doc)."""
+    runs = results["runs"] if isinstance(results, dict) else results
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if _method(r) != "retrain":
+            config = json.dumps(r.get("config"), sort_keys=True, default=str)
+            groups.setdefault((_method(r), tuple(r["freeze"]), r["preset"], config), []).append(r)
+
+    def order(key: tuple) -> tuple:
+        known = key[0] in METHOD_ORDER
+        return (METHOD_ORDER.index(key[0]) if known else len(METHOD_ORDER), *key)
+
+    labels = [f"{m}^{freeze_label(f)} ({p})" for m, f, p, _ in sorted(groups, key=order)]
+    header = "| Method | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
+    lines = [header, "|---" * (len(COLUMNS) + 1) + "|"]
+    for label, model in (("original (A_d)", "Ad"), ("retrain (A_r)", "Ar")):
+        cells = [_cell(runs, g, model, d) for _, g, d in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for i, key in enumerate(sorted(groups, key=order)):
+        twins = sum(lab == labels[i] for lab in labels) > 1
+        digest = hashlib.sha256(key[3].encode()).hexdigest()[:6]
+        label = labels[i] + (f" [config {digest}]" if twins else "")
+        cells = [_cell(groups[key], g, "A*", d) for _, g, d in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+NOTE = (
+    "*Mean ± sample std over seeds. Accuracy on the forget (D_f), retain (D_r) and test (D_t) "
+    "splits; JSD: mean per-sample Jensen-Shannon divergence to A_r (nats). Membership inference "
+    "(kga_fast.audit): loss_lr_cv_acc, the unlearning challenge kit's simple_mia (logistic "
+    "regression on the loss, D_f vs D_t balanced, 10-fold shuffle-split CV accuracy; 0.5 = no "
+    "membership signal); mia_efficacy_confidence, SalUn's MIA-efficacy (SVC on true-class "
+    "confidence, D_r vs D_t, share of D_f called non-member); entropy_lr_forget_member_rate, the "
+    "bad-teacher / SCRUB attack (logistic regression on the prediction entropy, D_r vs D_t, share "
+    "of D_f called member). For each, the target is A_r's value. Time: unlearning wall-clock; "
+    "A_r's is its training time, and time / retrain divides by it.*"
+)
+
+
+def methods_section(runs: list[dict]) -> str:
+    """A report.SECTIONS builder: the methods table per dataset and arch, or "" when no record
+    has an MIA audit or a method other than KGA (the paper's tables already say it all)."""
+    if not any("mia" in r or _method(r) != "kga" for r in runs):
+        return ""
+    parts = []
+    by: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by.setdefault((r["dataset"], r["arch"]), []).append(r)
+    for (dataset, arch), members in sorted(by.items()):
+        parts += [f"## Methods and membership inference: {dataset}, {arch}", ""]
+        parts += [format_methods_table(members), "", NOTE, ""]
+    return "\n".join(parts).rstrip()

@@ -1,0 +1,293 @@
+"""Baselines (kga_fast.baselines) on a tiny learnable task where D_f is one whole class: each
+method moves A* the expected way, freezing holds, resume is exact, retrain reads A_r's time;
+and the methods table (kga_fast.methods_report) lands in report.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+import kga_fast.baselines as B
+from kga_fast import accel, methods_report, report
+from kga_fast.baselines import BASELINE_PRESETS, MethodData, retrain, unlearn_baseline
+from kga_fast.data import normalize
+from kga_fast.errors import UserError
+from kga_fast.models import StagedNet
+
+MEAN, STD, K = (0.5,), (0.5,), 4
+FORGET_CLASS = 3
+
+
+@pytest.fixture(scope="module")
+def acc() -> Accelerator:
+    return Accelerator(cpu=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions run several times slower on two threads of a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_net(batchnorm: bool = True) -> StagedNet:
+    """A StagedNet small enough for many CPU steps: stem, two freezable blocks, head. Without
+    BatchNorm, DDP computes exactly what one process computes."""
+
+    def conv(i: int, o: int) -> nn.Module:
+        norm = nn.BatchNorm2d(o) if batchnorm else nn.Identity()
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride=2, padding=1), norm, nn.ReLU())
+
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, K))
+    return StagedNet("tiny", conv(1, 8), [conv(8, 16), conv(16, 16)], head)
+
+
+def images_of(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Class c: a bright 16x16 square in quadrant c over noise. (N, 1, 32, 32) uint8."""
+    x = torch.randint(0, 80, (len(labels), 1, 32, 32), generator=g)
+    for i, c in enumerate(labels.tolist()):
+        r, col = divmod(c, 2)
+        x[i, 0, 16 * r : 16 * r + 16, 16 * col : 16 * col + 16] += 150
+    return x.to(torch.uint8)
+
+
+def make_data() -> MethodData:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(160) % K
+    images = images_of(labels, g)
+    forget = labels == FORGET_CLASS
+    return MethodData(images[~forget], images[forget], images[:8], MEAN, STD,
+                      retain_labels=labels[~forget], forget_labels=labels[forget])  # fmt: skip
+
+
+def train_ad(data: MethodData, batchnorm: bool = True) -> StagedNet:
+    torch.manual_seed(0)
+    ad = tiny_net(batchnorm)
+    opt = torch.optim.SGD(ad.parameters(), lr=0.1, momentum=0.9)
+    x = normalize(torch.cat([data.forget, data.retain]), MEAN, STD)
+    y = torch.cat([data.forget_labels, data.retain_labels])
+    for _ in range(40):  # A_d fits all four classes
+        opt.zero_grad()
+        F.cross_entropy(ad(x), y).backward()
+        opt.step()
+    return ad.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def task() -> tuple[dict, MethodData]:
+    data = make_data()
+    ad = train_ad(data)
+    assert accuracy(ad, data.forget, data.forget_labels) == 1.0
+    return {"Ad": ad, "Ar": tiny_net().eval()}, data
+
+
+def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(normalize(images, MEAN, STD))
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits(model, images).argmax(1) == labels).float().mean().item()
+
+
+def ce(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return F.cross_entropy(logits(model, images), labels).item()
+
+
+def run(task, acc, preset: str, **kw):
+    models, data = task
+    cfg = dataclasses.replace(BASELINE_PRESETS[preset], batch_size=32, **kw)
+    return unlearn_baseline(models, data, cfg, freeze=(), seed=0, accelerator=acc)
+
+
+def test_gradient_ascent_raises_the_forget_loss(task, acc):
+    models, data = task
+    out = run(task, acc, "gradient_ascent", lr=0.05, epochs=3).model
+    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels) + 1.0  # fmt: skip
+    assert accuracy(out, data.forget, data.forget_labels) < 0.5
+
+
+def test_random_label_forgets_the_class_and_keeps_the_rest(task, acc):
+    _, data = task
+    result = run(task, acc, "random_label", lr=0.05, epochs=4)
+    assert accuracy(result.model, data.forget, data.forget_labels) < 0.5
+    assert accuracy(result.model, data.retain, data.retain_labels) > 0.9
+    assert len(result.losses["loss"]) == 4 and result.seconds > 0
+
+
+def test_finetune_on_retain_fits_retain_and_drifts_from_the_forgotten_class(task, acc):
+    models, data = task
+    out = run(task, acc, "finetune", lr=0.05, epochs=4).model
+    assert accuracy(out, data.retain, data.retain_labels) > 0.95
+    # Trained on three classes only, A* stops favouring the fourth: the forget loss rises.
+    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)  # fmt: skip
+
+
+def test_scrub_moves_away_from_the_teacher_on_forget_only(task, acc):
+    models, data = task
+    # The paper's lr 5e-4 needs more max-steps than 2 passes over 40 images give.
+    result = run(task, acc, "scrub", lr=0.002, epochs=3, max_epochs=2, forget_batch_size=8)
+    assert len(result.losses["max_step"]) == 2 and len(result.losses["min_step"]) == 3
+    assert result.teacher_seconds > 0
+
+    def kl_to_teacher(images: torch.Tensor) -> float:
+        t, s = logits(models["Ad"], images), logits(result.model, images)
+        return F.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean").item()  # fmt: skip
+
+    assert kl_to_teacher(data.forget) > 5 * kl_to_teacher(data.retain)
+    assert accuracy(result.model, data.forget, data.forget_labels) < 0.5
+    assert accuracy(result.model, data.retain, data.retain_labels) > 0.7
+
+
+def test_frozen_blocks_are_bitwise_unchanged(task, acc):
+    models, data = task
+    cfg = dataclasses.replace(BASELINE_PRESETS["finetune"], batch_size=32, epochs=1, lr=0.05)
+    out = unlearn_baseline(models, data, cfg, freeze=(1,), seed=0, accelerator=acc).model
+    before, after = models["Ad"].state_dict(), out.state_dict()
+    for name, value in after.items():  # block 1 includes the stem (parameters and BN statistics)
+        same = torch.equal(value, before[name])
+        assert same == name.startswith(("stem.", "blocks.0.")), name
+
+
+def test_resume_after_interruption_is_exact(task, acc, monkeypatch, tmp_path):
+    models, data = task
+    cfg = dataclasses.replace(BASELINE_PRESETS["random_label"], batch_size=32, epochs=2)
+    whole = unlearn_baseline(models, data, cfg, freeze=(), seed=1, accelerator=acc)
+    save = accel.save_state
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(accel, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn_baseline(models, data, cfg, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")  # fmt: skip
+    monkeypatch.setattr(accel, "save_state", save)
+    resumed = unlearn_baseline(models, data, cfg, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")  # fmt: skip
+    assert resumed.epochs_resumed == 1
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(a, b)
+    other = dataclasses.replace(cfg, lr=0.5)
+    with pytest.raises(UserError, match="another configuration"):
+        unlearn_baseline(models, data, other, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")  # fmt: skip
+
+
+def test_retrain_is_ar_timed_by_its_training(task, tmp_path):
+    models, _ = task
+    with pytest.raises(UserError, match="train_seconds"):
+        retrain(models, tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "Ar.json").write_text(json.dumps({"train_seconds": 42.5}))
+    result = retrain(models, tmp_path)
+    assert result.model is models["Ar"] and result.seconds == 42.5
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(method="kga"), "unknown baseline"), (dict(lr=0.0), "lr must be positive"),
+     (dict(alpha=-1.0), "alpha must not be negative")],
+)  # fmt: skip
+def test_bad_config_is_a_user_error(task, acc, change, match):
+    with pytest.raises(UserError, match=match):
+        run(task, acc, "scrub", **change)
+
+
+def test_too_small_forget_set_is_a_user_error(task, acc):
+    models, data = task
+    tiny = dataclasses.replace(data, forget=data.forget[:1], forget_labels=data.forget_labels[:1])
+    with pytest.raises(UserError, match="too few"):
+        unlearn_baseline(models, tiny, BASELINE_PRESETS["gradient_ascent"], freeze=(), seed=0, accelerator=acc)  # fmt: skip
+
+
+def record(method: str | None, seed: int, acc_forget: float, seconds: float) -> dict:
+    models = {"Ad": 1.0, "A*": acc_forget, "Ar": 0.8}
+    split = {"accuracy": models, "f1": models, "jsd": {"Ad,A*": 0.1, "A*,Ar": 0.02}}
+    mia = {m: {a: 0.5 for a in methods_report.ATTACKS} for m in ("Ad", "A*", "Ar")}
+    r = {"dataset": "fashion-mnist", "arch": "resnet18", "freeze": [1, 2], "seed": seed,
+         "preset": "default", "config": {"lr": 0.1}, "unlearn_seconds": seconds,
+         "retrain_seconds": 40.0, "eval": {"test": split, "forget": split, "retain": split},
+         "mia": mia}  # fmt: skip
+    return r | ({"method": method} if method else {})
+
+
+def test_methods_table_appears_in_report_md(tmp_path, monkeypatch):
+    for r in [record(None, 0, 0.82, 10.0), record(None, 1, 0.84, 12.0),
+              record("finetune", 0, 0.9, 20.0), record("retrain", 0, 0.8, 40.0)]:  # fmt: skip
+        report.append_result(tmp_path, r)
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, methods_report.methods_section])
+    md, _ = report.write_report(tmp_path)
+    text = md.read_text()
+    assert "## Methods and membership inference: fashion-mnist, resnet18" in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "0.830 ± 0.014" in rows["kga^(1,2) (default)"]  # Acc D_f: mean, sample std of 2 seeds
+    assert "0.275 ± 0.035" in rows["kga^(1,2) (default)"]  # time / retrain: 11 s of 40 s
+    assert "0.900 ± 0.000" in rows["finetune^(1,2) (default)"]
+    assert "retrain^(1,2) (default)" not in rows  # folded into the A_r reference row
+    assert "1.000 ± 0.000" in rows["retrain (A_r)"] and "original (A_d)" in rows
+    assert methods_report.methods_section([]) == ""
+
+
+def test_report_names_match_the_methods():
+    assert methods_report.METHOD_ORDER == B.METHODS
+
+
+DDP_METHODS = {"random_label": dict(lr=0.05, epochs=2),
+               "scrub": dict(lr=0.002, epochs=2, max_epochs=1, forget_batch_size=8)}  # fmt: skip
+
+
+def ddp_case(ad_state: dict, accelerator) -> dict:
+    """Each DDP_METHODS run on the BatchNorm-free net: {method: (state, losses)}."""
+    data = make_data()
+    ad = tiny_net(batchnorm=False)
+    ad.load_state_dict(ad_state)
+    out = {}
+    for method, kw in DDP_METHODS.items():
+        cfg = dataclasses.replace(BASELINE_PRESETS[method], batch_size=32, **kw)
+        result = unlearn_baseline({"Ad": ad.eval().requires_grad_(False)}, data, cfg, freeze=(), seed=0, accelerator=accelerator)  # fmt: skip
+        out[method] = ({k: v.cpu() for k, v in result.model.state_dict().items()}, result.losses)
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    ad = train_ad(make_data(), batchnorm=False)
+    torch.save(ad.state_dict(), tmp_path / "ad.pt")
+    one = ddp_case(ad.state_dict(), Accelerator(cpu=True))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(root),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(tmp_path / "ad.pt"), str(tmp_path / "two.pt")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(tmp_path / "two.pt")
+    for method, (state, losses) in one.items():
+        before = ad.state_dict()
+        assert any(not torch.allclose(v, before[k]) for k, v in state.items())  # it trained
+        for k, v in state.items():
+            torch.testing.assert_close(two[method][0][k], v, rtol=1e-4, atol=1e-6, msg=k)
+        for name, values in losses.items():
+            assert two[method][1][name] == pytest.approx(values, rel=1e-4, abs=1e-7)
+
+
+if __name__ == "__main__":  # the worker of the test above, under torchrun
+    acc = Accelerator(cpu=True)
+    result = ddp_case(torch.load(sys.argv[1]), acc)
+    if acc.is_main_process:
+        torch.save(result, sys.argv[2])
