@@ -40,12 +40,13 @@ def native_extensions():
         and torch.version.cuda is not None
         and bool(cuda_sources)
     )
-    cxx_flags = ["-O3", "-std=c++17", "-fdiagnostics-color=always"]
+    # No -std flag: BuildExtension adds the standard the installed torch needs (C++20 for 2.14).
+    cxx_flags = ["-O3", "-fdiagnostics-color=always"]
     extra = {"cxx": cxx_flags}
     if with_cuda:
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-lineinfo"]  # no --use_fast_math: exact exp/log for parity
         ext = CUDAExtension(
             "kga_fast._C",
             [os.path.relpath(p, here) for p in cpp_sources + cuda_sources],
