@@ -66,10 +66,10 @@ def seed_list(text: str) -> list[int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_run_args(parser, QUICK)
-    parser.add_argument(
-        "--full", action="store_true", help="whole train and test sets, the preset's epochs"
-    )
+    add_run_args(parser)  # --train-subset / --test-subset default to QUICK's unless --full
+    parser.add_argument("--full", action="store_true",
+                        help=f"the whole train and test sets (else subsets of {QUICK.train_subset} and "
+                             f"{QUICK.test_subset}) and the preset's epochs (else {QUICK_EPOCHS})")  # fmt: skip
     g = parser.add_argument_group("unlearning")
     g.add_argument("--preset", choices=sorted(UNLEARN_PRESETS), default="default",
                    help="default: ours (no catastrophic forgetting); paper: section 4.1")  # fmt: skip
@@ -121,8 +121,9 @@ def summary_line(label: str, seed: int, record: dict) -> str:
 @cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.full:
-        args.train_subset = args.test_subset = None
+    if not args.full:
+        args.train_subset = args.train_subset or QUICK.train_subset
+        args.test_subset = args.test_subset or QUICK.test_subset
     run_cfg = run_config_from_args(args)
     freezes = list(dict.fromkeys(parse_freeze(f, run_cfg.arch) for f in args.freeze))
     cfg = unlearn_config(args)

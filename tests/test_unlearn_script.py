@@ -3,6 +3,7 @@ kill, finished pairs skipped, and bad input (clear error, exit 2, earlier result
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -44,18 +45,21 @@ def run_script(*args: str, launch: bool = False, timeout: int = 300) -> subproce
     return subprocess.run([*cmd, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def seeded_run(tmp_path_factory) -> Path:
+def seed_run(run_dir: Path, dataset: str = "fashion-mnist", data_dir: Path | None = None) -> Path:
     """A run folder with its split and four (randomly initialised) "pretrained" models, so the
     tests below exercise unlearning, not pretraining (tested on its own)."""
-    run_dir = tmp_path_factory.mktemp("seeded") / "run"
-    cfg = RunConfig(run_dir=run_dir, train_subset=64, test_subset=40)
+    cfg = RunConfig(run_dir=run_dir, dataset=dataset, data_dir=data_dir, train_subset=64, test_subset=40)  # fmt: skip
     run = open_run(cfg)
     torch.manual_seed(0)
     for name in ("Ad", "Af", "An", "Ar"):
         model = build_model("resnet18", run.num_classes, run.in_channels)
-        save_model(run_dir, name, model, {"dataset": "fashion-mnist", "note": "random init (test)"})
+        save_model(run_dir, name, model, {"dataset": dataset, "note": "random init (test)"})
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def seeded_run(tmp_path_factory) -> Path:
+    return seed_run(tmp_path_factory.mktemp("seeded") / "run")
 
 
 @pytest.fixture
@@ -139,9 +143,17 @@ def _write_cifar10(folder: Path, n: int) -> None:
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
 
 
-def test_bad_input_fails_clearly_and_leaves_results_alone(run_dir, tmp_path):
-    ok = run_script("--run-dir", str(run_dir), *SMALL, "--no-pretrain", "--freeze", "1,2,3", "--epochs", "1")  # fmt: skip
-    assert ok.returncode == 0, ok.stderr[-3000:]
+def script_main():
+    """scripts/unlearn.py's main(), for in-process calls (no interpreter start per case)."""
+    spec = importlib.util.spec_from_file_location("unlearn_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_bad_input_fails_clearly_and_leaves_results_alone(run_dir, tmp_path, capsys):
+    main = script_main()
+    main(["--run-dir", str(run_dir), *SMALL, "--no-pretrain", "--freeze", "1,2,3", "--epochs", "1"])
     results = (run_dir / "results.json").read_bytes()
     models = sorted(p.name for p in (run_dir / "models").iterdir())
     _write_cifar10(tmp_path / "cifar", 50)
@@ -156,16 +168,44 @@ def test_bad_input_fails_clearly_and_leaves_results_alone(run_dir, tmp_path):
         ],
         "invalid choice: 'fast'": ["--preset", "fast"],
         "lr must be positive": ["--lr", "0"],
+        "missing": ["--run-dir", str(tmp_path / "empty")],  # no models, pretraining disabled
     }
     for message, extra in cases.items():
-        proc = run_script("--run-dir", str(run_dir), *SMALL, "--no-pretrain", *extra)
-        assert proc.returncode == 2, (extra, proc.stderr[-2000:])
-        assert message in proc.stderr, (extra, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--run-dir", str(run_dir), *SMALL, "--no-pretrain", *extra])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (extra, err)
+        assert message in err and "Traceback" not in err, (extra, err)
         assert (run_dir / "results.json").read_bytes() == results
         assert sorted(p.name for p in (run_dir / "models").iterdir()) == models
+    assert "--no-pretrain" in err and not (tmp_path / "empty" / "results.json").exists()
 
-    empty = tmp_path / "empty"
-    proc = run_script("--run-dir", str(empty), *SMALL, "--no-pretrain")
-    assert proc.returncode == 2 and "missing" in proc.stderr and "--no-pretrain" in proc.stderr
-    assert not (empty / "results.json").exists()
+
+def test_reproduce_paper_dry_run_lists_the_grid():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_paper.py"), "--data-dir", "/data",
+                           "--dry-run", "--", "--mixed-precision", "bf16"], env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4  # {cifar10, cifar100} x {resnet18, vgg11}
+    for line in lines:
+        assert "--preset paper --pretrain-preset paper --seeds 0,1 --freeze 0 1 1,2 1,2,3" in line
+        assert line.endswith("--mixed-precision bf16") and "--full" in line
+
+
+@pytest.mark.slow
+def test_reproduce_paper_runs_its_grid(tmp_path):
+    _write_cifar10(tmp_path / "cifar", 50)
+    runs = tmp_path / "runs"
+    seed_run(runs / "cifar10-resnet18", "cifar10", tmp_path / "cifar")
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce_paper.py"), "--data-dir", str(tmp_path / "cifar"),
+           "--runs-dir", str(runs), "--datasets", "cifar10", "--archs", "resnet18", "--seeds", "0",
+           "--", "--no-pretrain", *SMALL, "--epochs", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_results(runs / "cifar10-resnet18")["runs"]
+    assert [r["freeze"] for r in records] == [[], [1], [1, 2], [1, 2, 3]]
+    assert {(r["preset"], r["config"]["lr"], r["config"]["epochs"]) for r in records} == {
+        ("paper", 0.05, 1)
+    }
+    assert "resnet18^(1,2,3)" in proc.stdout and (runs / "cifar10-resnet18" / "report.md").is_file()
