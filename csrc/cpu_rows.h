@@ -56,28 +56,33 @@ KGA_INLINE void lane_sums(int64_t c, const Term& term, A* out) {
   }
 }
 
-// Pass 1 of every forward: the row maxima (a NaN is skipped here and caught by the sums).
-template <typename A>
-KGA_CLONES void row_max2(const A* __restrict__ a, const A* __restrict__ b, int64_t c, A* ma,
-                         A* mb) {
-  A la[kLanes], lb[kLanes];
-  std::fill(la, la + kLanes, -std::numeric_limits<A>::infinity());
-  std::fill(lb, lb + kLanes, -std::numeric_limits<A>::infinity());
-  const int64_t cv = c - c % kLanes;
-  for (int64_t i = 0; i < cv; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) {
-      la[j] = a[i + j] > la[j] ? a[i + j] : la[j];
-      lb[j] = b[i + j] > lb[j] ? b[i + j] : lb[j];
-    }
-  for (int64_t i = cv; i < c; ++i) {
-    la[0] = a[i] > la[0] ? a[i] : la[0];
-    lb[0] = b[i] > lb[0] ? b[i] : lb[0];
+// Pass 1 of every forward: the row maxima. For float, as an integer max over keys that
+// order like the floats (a float select-max does not vectorize: GCC turns it into scalar
+// maxss); a NaN may come out as the max, which makes its row NaN as it must be.
+KGA_INLINE int32_t order_key(float f) {
+  const int32_t b = as_int(f);
+  return b ^ ((b >> 31) & 0x7fffffff);
+}
+KGA_INLINE float from_order_key(int32_t k) { return as_float(k ^ ((k >> 31) & 0x7fffffff)); }
+
+KGA_CLONES inline void row_max2(const float* __restrict__ a, const float* __restrict__ b, int64_t c,
+                                float* ma, float* mb) {
+  int32_t ka = INT32_MIN, kb = INT32_MIN;
+  for (int64_t i = 0; i < c; ++i) {
+    ka = std::max(ka, order_key(a[i]));
+    kb = std::max(kb, order_key(b[i]));
   }
-  *ma = la[0];
-  *mb = lb[0];
-  for (int64_t j = 1; j < kLanes; ++j) {
-    *ma = la[j] > *ma ? la[j] : *ma;
-    *mb = lb[j] > *mb ? lb[j] : *mb;
+  *ma = from_order_key(ka);
+  *mb = from_order_key(kb);
+}
+
+// float64 (the gradcheck path): plain loops; a NaN is skipped here and caught by the sums.
+template <typename A>
+void row_max2(const A* a, const A* b, int64_t c, A* ma, A* mb) {
+  *ma = *mb = -std::numeric_limits<A>::infinity();
+  for (int64_t i = 0; i < c; ++i) {
+    *ma = a[i] > *ma ? a[i] : *ma;
+    *mb = b[i] > *mb ? b[i] : *mb;
   }
 }
 
