@@ -1,0 +1,124 @@
+"""The fast path computes what the plain path computes: a frozen prefix run under no_grad gives
+the same gradients on the trainable blocks as running the whole model with autograd on, and
+torch.compile of the student gives the same losses. Also checks the benchmark's baseline,
+bench/paper_loop.py. (That the device-resident batches equal the DataLoader's is in
+tests/test_data.py.)"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from kga_fast.freeze import apply_freeze
+from kga_fast.losses import retain_loss
+from kga_fast.models import build_model
+from kga_fast.unlearn import UnlearnConfig, UnlearnData, unlearn
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from paper_loop import PaperConfig, paper_unlearn  # noqa: E402
+
+MEAN, STD = (0.2,), (0.3,)
+
+
+def tiny_data(n_retain: int, n_forget: int, n_new: int) -> UnlearnData:
+    g = torch.Generator().manual_seed(1)
+
+    def images(n: int) -> torch.Tensor:  # (n, 1, 32, 32) uint8
+        return torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=g)
+
+    return UnlearnData(images(n_retain), images(n_forget), images(n_new), MEAN, STD)
+
+
+def grads_of(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> dict:
+    model.zero_grad(set_to_none=True)
+    retain_loss(model(x).float(), target, impl="reference").backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    "arch,freeze",
+    [
+        ("resnet18", (1,)),
+        ("resnet18", (1, 2, 3)),
+        ("resnet18", (2, 4)),
+        ("vgg11-bn-cifar", (1, 2, 3)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else ",".join(map(str, v)),
+)
+def test_frozen_prefix_no_grad_gives_the_plain_gradients(arch, freeze):
+    torch.manual_seed(0)
+    fast = apply_freeze(build_model(arch, 10, 3), freeze).train()
+    # The plain path: the same frozen parameters and BatchNorm modes, but the whole model runs
+    # with autograd on (no no_grad prefix, nothing detached), as the paper's code ran it.
+    plain = copy.deepcopy(fast)
+    plain.frozen = ()
+    plain.train()
+    for i in freeze:
+        plain.blocks[i - 1].eval()
+    if 1 in freeze:
+        plain.stem.eval()
+    assert fast.frozen_prefix() == (len(freeze) if freeze[0] == 1 else 0)
+    x = torch.randn(6, 3, 32, 32)
+    target = torch.randn(6, 10)
+    got, want = grads_of(fast, x, target), grads_of(plain, x, target)
+    assert got.keys() == want.keys() and got
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+    for name, buf in fast.named_buffers():  # the same BatchNorm statistics afterwards too
+        torch.testing.assert_close(buf, plain.get_buffer(name), rtol=0, atol=0)
+
+
+def _unlearn_losses(compile_student: bool) -> tuple[dict, torch.nn.Module]:
+    torch.manual_seed(0)
+    models = {k: build_model("resnet18", 10, 1).eval() for k in ("Ad", "Af", "An")}
+    cfg = UnlearnConfig(
+        optimizer="sgd", lr=0.05, batch_size=8, inner_steps=2, epochs=2,
+        impl="reference", compile=compile_student,
+    )  # fmt: skip
+    acc = Accelerator(cpu=True)
+    result = unlearn(models, tiny_data(16, 8, 8), cfg, freeze=(1,), seed=0, accelerator=acc)
+    return result.losses, result.model
+
+
+@pytest.mark.slow
+def test_compile_on_and_off_give_the_same_losses():
+    (eager, eager_model), (compiled, compiled_model) = map(_unlearn_losses, (False, True))
+    assert len(eager["retain"]) == len(compiled["retain"]) == 2
+    for key in ("retain", "align"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6)
+    torch.manual_seed(0)
+    start = build_model("resnet18", 10, 1).state_dict()  # the A_d both runs started from
+
+    @torch.no_grad()
+    def update(model) -> torch.Tensor:  # all parameter changes, flattened
+        return torch.cat([(p - start[n]).flatten() for n, p in model.named_parameters()])
+
+    u_eager, u_compiled = update(eager_model), update(compiled_model)
+    assert u_eager.norm() > 0.01
+    # Inductor fuses and reorders float32 reductions: equal up to rounding, which 8 SGD steps
+    # through train-mode BatchNorm on batches of 8 amplify (measured 3e-3).
+    assert (u_compiled - u_eager).norm() / u_eager.norm() < 1e-2
+
+
+def test_paper_loop_steps_and_freezing():
+    torch.manual_seed(0)
+    teacher = build_model("resnet18", 10, 1).eval()  # one model in the three roles: faster
+    models = {k: teacher for k in ("Ad", "Af", "An")}
+    before = copy.deepcopy(teacher.state_dict())
+    cfg = PaperConfig(batch_size=4, inner_steps=2, lr=1e-3)
+    data = tiny_data(12, 8, 8)  # 3 retain batches: updates at batches 0 and 2
+    student, seconds, steps = paper_unlearn(models, data, cfg, freeze=(1, 2), seed=0, device="cpu")
+    assert steps == math.ceil(3 / 2) and seconds > 0
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    after = student.state_dict()
+    for name, _ in student.named_parameters():
+        frozen = name.startswith(("stem.", "blocks.0.", "blocks.1."))
+        assert torch.equal(before[name], after[name]) == frozen, name
+    # As in the paper's code, the frozen blocks' BatchNorm statistics still move.
+    assert not torch.equal(before["blocks.0.0.bn1.running_mean"], after["blocks.0.0.bn1.running_mean"])  # fmt: skip
