@@ -5,7 +5,8 @@ torch.compile, fused; modes forward (no autograd) and forward+backward.
     pytest bench/bench_losses.py --benchmark-enable      pytest-benchmark; ratio table at the end
     python bench/bench_losses.py --device cuda --dtype bfloat16 [--out FILE]     table only
 
-Ratios are to the eager reference measured in the same run. On CUDA the table adds the
+Times are the best of several rounds; ratios are to the eager reference measured in the
+same run. On CUDA the table adds the
 fused effective bandwidth against a device copy measured in the same run. Its bytes are
 those any autograd implementation must move: the forward reads student and teacher; the
 backward, whose incoming gradient is unknown at forward time, reads them again (or a saved
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import pytest
@@ -31,7 +31,7 @@ ALL_SHAPES = [(256, 10), (256, 100), (4096, 32000), (8192, 50257)]
 PROVIDERS = ("eager", "compiled", "fused")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RESULTS: dict[tuple, float] = {}  # (device, dtype, shape, mode, provider) -> median seconds
+RESULTS: dict[tuple, float] = {}  # (device, dtype, shape, mode, provider) -> best seconds
 COPY_BANDWIDTH: dict[str, float] = {}  # device -> bytes / s
 
 
@@ -93,7 +93,8 @@ def make_step(provider: str, mode: str, shape, dtype, device: str):
 
 
 def time_step(step, rounds: int) -> float:
-    """Median seconds of `rounds` calls after two warm-ups (compilation, allocator, caches)."""
+    """Best seconds of `rounds` calls after two warm-ups (compilation, allocator, caches).
+    The minimum, not the median: on a shared machine, noise only ever adds time."""
     step()
     step()
     times = []
@@ -101,7 +102,7 @@ def time_step(step, rounds: int) -> float:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def copy_bandwidth(device: str) -> float:
@@ -128,7 +129,7 @@ def skip_reason(provider: str, device: str) -> str | None:
 
 
 def table(device: str, dtype_name: str) -> str:
-    """Markdown table of the medians in RESULTS with ratios to the eager reference."""
+    """Markdown table of the best times in RESULTS with ratios to the eager reference."""
     cuda = device == "cuda"
     head = (
         "| shape | mode | eager ms | compiled ms | fused ms | fused vs eager | fused vs compiled |"
@@ -168,14 +169,14 @@ def test_alignment_loss(benchmark, shape, mode, provider):
     rounds = int(os.environ.get("KGA_BENCH_ROUNDS", "5" if shape[0] * shape[1] > 1e7 else "50"))
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)
     if benchmark.stats is not None:  # None under --benchmark-disable (one plain call)
-        RESULTS[(DEVICE, DTYPE_NAME, shape, mode, provider)] = benchmark.stats.stats.median
+        RESULTS[(DEVICE, DTYPE_NAME, shape, mode, provider)] = benchmark.stats.stats.min
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=DEVICE)
     parser.add_argument("--dtype", default=DTYPE_NAME, choices=sorted(DTYPES))
-    parser.add_argument("--rounds", type=int, default=None, help="timed calls per case (median)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed calls per case (best is kept)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -151,7 +151,11 @@ template <bool kIsKl>
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& p_in, const at::Tensor& q_in) {
   const char* name = kIsKl ? "kga_fast::kl_rows" : "kga_fast::jsd_rows";
   const at::ScalarType acc = check_pair(p_in, q_in, name);
-  const auto [p, q] = promote_pair(p_in, q_in, acc);
+  // No structured bindings: lambdas capture them only from C++20, and torch 2.11 builds
+  // extensions as C++17.
+  const auto promoted = promote_pair(p_in, q_in, acc);
+  const at::Tensor& p = promoted.first;
+  const at::Tensor& q = promoted.second;
   const int64_t n = p.size(0), c = p.size(1);
   at::Tensor out = at::empty({n}, p.options().dtype(acc));
   at::Tensor stats = at::empty({n, kIsKl ? kKlStats : kJsdStats}, p.options().dtype(acc));
@@ -171,7 +175,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, cons
                                                 const at::Tensor& stats, bool want_p, bool want_q) {
   const char* name = kIsKl ? "kga_fast::kl_rows_backward" : "kga_fast::jsd_rows_backward";
   const at::Tensor g = check_backward(grad_out, p_in, q_in, stats, kIsKl ? kKlStats : kJsdStats, name);
-  const auto [p, q] = promote_pair(p_in, q_in, stats.scalar_type());
+  const auto promoted = promote_pair(p_in, q_in, stats.scalar_type());
+  const at::Tensor& p = promoted.first;
+  const at::Tensor& q = promoted.second;
   at::Tensor dp = grad_buffer(p, want_p), dq = grad_buffer(q, want_q);
   if (want_p || want_q) {
     const RowReader rp(p), rq(q);
