@@ -130,8 +130,8 @@ DTYPE_PAIRS = [
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_emulated_kernels_match_reference(emulator, tmp_path, op, shape):
     for i, (tp, tq) in enumerate(DTYPE_PAIRS):
-        if shape[1] > 10000 and i not in (0, 2):
-            continue  # the long rows once per kernel path, to keep the emulator quick
+        if shape[1] > 10000 and i != 0:
+            continue  # 1024 emulated threads per row: once per op, to keep CI quick
         p, q = logits(*shape, dtype=tp, seed=1), logits(*shape, dtype=tq, seed=2)
         check(emulator, tmp_path, op, p, q)
 
