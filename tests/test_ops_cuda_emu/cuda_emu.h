@@ -86,8 +86,6 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {c10::BFloat16(a).x, c10::BFloat16(b).x};
 }
 
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
 
 struct EmuWarp {
   std::barrier<> bar{32};
