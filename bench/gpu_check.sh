@@ -61,6 +61,14 @@ section native "Extension has CUDA kernels" 60 "$PY" -c \
 section tests "CUDA tests (pytest -m cuda)" 100 "$PY" -m pytest -q -o addopts="" -rfEs -m cuda tests/test_ops.py tests/test_losses.py
 section bench "Fused loss benchmark (bf16)" 200 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
   ${OUT_DIR:+--out "$OUT_DIR/bench_losses_cuda.md"}
+# ---- pipeline throughput (bench/bench_pipeline.py, owner: throughput benchmarks) ----
+# Ours vs the paper loop, resnet18 + vgg11, 4 freeze configs, 98 retain batches each (one epoch
+# of 25,000 at 256); torch.compile timed on the (0) config; pretraining resnet18-cifar bf16;
+# the full paper-preset resnet18 run (15 epochs x 25,000). About 3 minutes on an H100.
+section pipeline "Pipeline throughput: ours vs the paper loop" 240 env KGA_BENCH_STEPS=98 \
+  KGA_BENCH_COMPILE=first KGA_BENCH_FULL=1 "$PY" bench/bench_pipeline.py \
+  ${OUT_DIR:+--out "$OUT_DIR/bench_pipeline_cuda.md"}
+# ---- end of pipeline throughput ----
 # ---- end of SECTIONS ----
 
 say ""
