@@ -174,7 +174,8 @@ def normalize(
     device = images_uint8.device
     mean = torch.as_tensor(mean, dtype=compute, device=device).view(-1, 1, 1)  # (C, 1, 1)
     std = torch.as_tensor(std, dtype=compute, device=device).view(-1, 1, 1)
-    return ((images_uint8.to(compute) / 255 - mean) / std).to(dtype)
+    x = images_uint8.to(compute)  # one new buffer, then in place: same arithmetic, same order
+    return x.div_(255).sub_(mean).div_(std).to(dtype)
 
 
 class NormalizedImages(Dataset):
