@@ -53,22 +53,24 @@ say "# kga_fast GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
 say "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
 say "$("$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)' 2>&1)"
 
-# ---- SECTIONS (append yours; keep the total under 6 minutes) ----
-section build "Build kga_fast._C (CPU + CUDA)" 200 build
-section native "Extension has CUDA kernels" 60 "$PY" -c \
+# ---- SECTIONS (append yours; the time limits add up to 6 minutes: keep it so) ----
+section build "Build kga_fast._C (CPU + CUDA)" 130 build
+section native "Extension has CUDA kernels" 10 "$PY" -c \
   'import kga_fast.native as n; print(n.describe()); assert n.has_device("cuda"), "no CUDA kernels"'
 # addopts cleared: pyproject's --benchmark-disable needs pytest-benchmark, which may be absent.
-section tests "CUDA tests (pytest -m cuda)" 100 "$PY" -m pytest -q -o addopts="" -rfEs -m cuda tests/test_ops.py tests/test_losses.py
-section bench "Fused loss benchmark (bf16)" 200 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
+section tests "CUDA tests (pytest -m cuda)" 40 "$PY" -m pytest -q -o addopts="" -rfEs -m cuda tests/test_ops.py tests/test_losses.py
+section bench "Fused loss benchmark (bf16)" 90 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
   ${OUT_DIR:+--out "$OUT_DIR/bench_losses_cuda.md"}
 # ---- pipeline throughput (bench/bench_pipeline.py, owner: throughput benchmarks) ----
-# Ours vs the paper loop, resnet18 + vgg11, 4 freeze configs, 98 retain batches each (one epoch
-# of 25,000 at 256); torch.compile timed on the (0) config; pretraining resnet18-cifar bf16;
-# the full paper-preset resnet18 run (15 epochs x 25,000). About 3 minutes on an H100.
-section pipeline "Pipeline throughput: ours vs the paper loop" 240 env KGA_BENCH_STEPS=98 \
+# Ours vs the paper loop, resnet18 + vgg11, 4 freeze configs, 30 retain batches each;
+# torch.compile timed on the (0) config; pretraining resnet18-cifar bf16; the full paper-preset
+# resnet18 run (15 epochs x 25,000).
+section pipeline "Pipeline throughput: ours vs the paper loop" 65 env KGA_BENCH_STEPS=30 \
   KGA_BENCH_COMPILE=first KGA_BENCH_FULL=1 "$PY" bench/bench_pipeline.py \
   ${OUT_DIR:+--out "$OUT_DIR/bench_pipeline_cuda.md"}
 # ---- end of pipeline throughput ----
+section freeze "Unlearning images/s per freeze configuration (bf16)" 25 "$PY" bench/bench_freeze.py \
+  --mixed-precision bf16 ${OUT_DIR:+--json "$OUT_DIR/bench_freeze_cuda.json"}
 # ---- end of SECTIONS ----
 
 say ""
