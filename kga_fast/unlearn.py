@@ -1,7 +1,7 @@
 """KGA unlearning (the paper's Algorithm 1) with layer freezing, cached teachers and resume.
 
     result = unlearn(models, data, UNLEARN_PRESETS["default"], freeze=(1, 2), seed=0,
-                     accelerator=accelerator, state_file=run_dir / "state" / name / "state.pt")
+                     accelerator=accelerator, state_dir=run_dir / "state" / name)
 
 Schedule. Per epoch, retain batches are counted from 1. Every D_r batch back-propagates
 L_r * (1 - ratio) / inner_steps. After every inner_steps-th batch AND after the epoch's last
@@ -22,6 +22,10 @@ code), and under DDP each process compares its own share of the batch.
 Teachers (A_d, A_f, A_n) are frozen and in eval mode; without augmentation their outputs are
 constants, computed once (`cache_teachers=True`) and indexed per batch; only A* runs forward
 and backward. The uncached path runs them every step on the very same batches.
+
+Under DDP each process takes its rank's share of every batch (DistributedSampler order), so
+the processes together see the single-process batches and pairs; only the L_a backward of a
+step all-reduces. BatchNorm in train mode normalizes per process (no SyncBatchNorm on CPU).
 """
 
 from __future__ import annotations
@@ -50,18 +54,19 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass
 class UnlearnConfig:
-    """How A* is unlearned (the fields above `cache_teachers` change the result)."""
+    """How A* is unlearned (the fields above `cache_teachers` change the result). The field
+    defaults are the "default" preset."""
 
-    preset: str = "default"  # the preset these values came from ("custom" once overridden)
+    preset: str = "default"  # the preset these values started from (overrides show in the rest)
     optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-4  # constant learning rate
+    lr: float = 3e-4  # constant learning rate
     eps: float = 1e-8  # Adam epsilon
     momentum: float = 0.0  # SGD momentum
     weight_decay: float = 0.0  # L2 on the trainable parameters
     ratio: float = 0.1  # retain loss ratio: each batch's L_r is scaled by (1 - ratio) / inner_steps
-    inner_steps: int = 15  # retain batches per optimizer step (one L_a per step)
-    batch_size: int = 256  # global batch (split across processes); D_f / D_n batches too
-    epochs: int = 15  # passes over D_r
+    inner_steps: int = 4  # retain batches per optimizer step (one L_a per step)
+    batch_size: int = 64  # global batch (split across processes); D_f / D_n batches too
+    epochs: int = 2  # passes over D_r
     direction: str = "student_first"  # student_first (paper eqs. 2, 3) | teacher_first (KGA code)
     reduction: str = "pair"  # pair (paper eq. 2) | batch (KGA code)
     cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
@@ -76,8 +81,11 @@ RUNTIME_FIELDS = ("cache_teachers", "compile", "impl", "log_every")
 # 15 epochs, no augmentation.
 PAPER = UnlearnConfig(preset="paper", optimizer="adam", lr=0.05, eps=1e-8, ratio=0.1, inner_steps=15,
                       batch_size=256, epochs=15)  # fmt: skip
-# Ours: see bench/RESULTS.md, "Unlearning presets (the paper's open question)".
-DEFAULT = UnlearnConfig()
+# Ours: the paper's loop at a 170x smaller Adam step and more, smaller steps. On the quick
+# Fashion-MNIST run it keeps test accuracy within a point of A_d's while moving forget-set
+# accuracy towards A_r's; the paper preset falls to chance (bench/RESULTS.md, "Unlearning
+# presets (the paper's open question)").
+DEFAULT = UnlearnConfig()  # Adam lr 3e-4, eps 1e-8, ratio 0.1, inner steps 4, batch 64, 2 epochs
 UNLEARN_PRESETS = {"default": DEFAULT, "paper": PAPER}
 
 

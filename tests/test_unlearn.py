@@ -247,6 +247,7 @@ def test_presets_and_config_checks():
     assert (paper.optimizer, paper.lr, paper.eps, paper.ratio) == ("adam", 0.05, 1e-8, 0.1)
     assert (paper.inner_steps, paper.batch_size, paper.epochs) == (15, 256, 15)
     assert (paper.direction, paper.reduction) == ("student_first", "pair")
+    assert UNLEARN_PRESETS["default"] == UnlearnConfig()  # the field defaults are the preset
     for preset in UNLEARN_PRESETS.values():
         check_config(preset)
     bad = [dict(optimizer="rmsprop"), dict(direction="both"), dict(reduction="sum"), dict(lr=0.0),
