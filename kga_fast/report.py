@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kga_fast.errors import UserError
 from kga_fast.freeze import freeze_label
+from kga_fast.methods_report import methods_section
 
 RESULTS_FILE = "results.json"
 REQUIRED = ("dataset", "arch", "freeze", "seed", "preset", "config", "unlearn_seconds", "eval")
@@ -268,7 +269,13 @@ def _how_to_read(runs: list[dict]) -> str:
     )
 
 
-SECTIONS: list[Callable[[list[dict]], str]] = [_title, _tables, _times, _how_to_read]
+SECTIONS: list[Callable[[list[dict]], str]] = [
+    _title,
+    _tables,
+    _times,
+    methods_section,
+    _how_to_read,
+]
 
 
 def _figure(rows: list[dict], path: Path) -> None:
@@ -316,7 +323,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
             f"no results in {run_dir / RESULTS_FILE}: run scripts/unlearn.py on this run folder first"
         )
     md, png = run_dir / "report.md", run_dir / "report.png"
-    text = "\n\n".join(section(runs) for section in SECTIONS) + "\n"
+    text = "\n\n".join(t for t in (section(runs) for section in SECTIONS) if t) + "\n"
     _figure(summarize(runs), png)
     _atomic_write(md, text.encode())
     return md, png

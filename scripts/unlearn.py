@@ -25,9 +25,20 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kga_fast import accel
+from kga_fast.audit import audit_models
+from kga_fast.baselines import (
+    BASELINE_PRESETS,
+    METHODS,
+    MethodData,
+    baseline_config_key,
+    check_baseline_config,
+    retrain,
+    retrain_seconds,
+    unlearn_baseline,
+)
 from kga_fast.checkpoint import save_model
 from kga_fast.config import RunConfig, add_run_args, run_config_from_args
-from kga_fast.errors import cli_main
+from kga_fast.errors import UserError, cli_main
 from kga_fast.evaluate import evaluate_unlearning, predict
 from kga_fast.freeze import freeze_label, parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
@@ -37,7 +48,6 @@ from kga_fast.run import open_run
 from kga_fast.unlearn import (
     OPTIMIZERS,
     UNLEARN_PRESETS,
-    UnlearnData,
     check_config,
     config_key,
     unlearn,
@@ -71,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"the whole train and test sets (else subsets of {QUICK.train_subset} and "
                              f"{QUICK.test_subset}) and the preset's epochs (else {QUICK_EPOCHS})")  # fmt: skip
     g = parser.add_argument_group("unlearning")
+    g.add_argument("--method", choices=METHODS, default="kga",
+                   help="kga (ours) or a baseline: retrain (A_r as is), finetune (on D_r), "
+                   "gradient_ascent (on D_f), random_label, scrub")  # fmt: skip
     g.add_argument("--preset", choices=sorted(UNLEARN_PRESETS), default="default",
                    help="default: ours (no catastrophic forgetting); paper: section 4.1")  # fmt: skip
     g.add_argument("--freeze", nargs="+", default=PAPER_FREEZES, metavar="BLOCKS",
@@ -102,11 +115,26 @@ def unlearn_config(args: argparse.Namespace):
     return check_config(cfg)
 
 
-def model_name(arch: str, freeze: tuple[int, ...], seed: int, preset: str, config: dict) -> str:
-    """Astar-resnet18-f12-s0-default-<hash>: the hash of the config keeps the models of two
-    configurations apart, so a finished model is never overwritten by another one."""
+def baseline_config(args: argparse.Namespace):
+    """A baseline's preset with the command line's overrides (the options it shares with KGA)."""
+    cfg = dataclasses.replace(BASELINE_PRESETS[args.method])
+    if not args.full:
+        cfg.epochs = min(cfg.epochs, QUICK_EPOCHS)
+    for name in ("lr", "momentum", "weight_decay", "batch_size", "epochs"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    return check_baseline_config(cfg)
+
+
+def model_name(
+    method: str, arch: str, freeze: tuple[int, ...], seed: int, preset: str, config: dict
+) -> str:
+    """Astar-resnet18-f12-s0-default-<hash> (baselines: <method>-resnet18-...): the hash of the
+    config keeps the models of two configurations apart, so a finished model is never
+    overwritten by another one."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-    return f"Astar-{arch}-f{''.join(map(str, freeze)) or 0}-s{seed}-{preset}-{digest}"
+    prefix = "Astar" if method == "kga" else method
+    return f"{prefix}-{arch}-f{''.join(map(str, freeze)) or 0}-s{seed}-{preset}-{digest}"
 
 
 def summary_line(label: str, seed: int, record: dict) -> str:
@@ -128,19 +156,36 @@ def main(argv=None) -> None:
     freezes = list(dict.fromkeys(parse_freeze(f, run_cfg.arch) for f in args.freeze))
     cfg = unlearn_config(args)
     accelerator = accel.make_accelerator(run_cfg.mixed_precision)
-    config = config_key(cfg) | {"mixed_precision": str(accelerator.mixed_precision)}
+    method = args.method
+    if method == "kga":
+        config, preset = config_key(cfg), cfg.preset
+    elif method == "retrain":  # A_r as it is: nothing to configure, nothing to freeze
+        bcfg, config, preset, freezes = None, {}, "default", [()]
+    else:
+        bcfg = baseline_config(args)
+        config, preset = baseline_config_key(bcfg), "default"
+    config = config | {"mixed_precision": str(accelerator.mixed_precision)}
     run = open_run(run_cfg, accelerator)
     accelerator.print(
         f"run {run_cfg.run_dir}: {run_cfg.dataset}, {run_cfg.arch}, |D_f|={len(run.splits.forget)} "
         f"|D_r|={len(run.splits.retain)} |D_n|={len(run.splits.new)} |D_t|={len(run.splits.test)}; "
-        f"preset {cfg.preset}, {cfg.epochs} epochs; {accelerator.num_processes} process(es), "
+        f"method {method}, preset {preset}; {accelerator.num_processes} process(es), "
         f"mixed precision {accelerator.mixed_precision}"
     )
     models = ensure_pretrained(run, accelerator, allow_train=not args.no_pretrain)
-    data = UnlearnData(run.subset("retain")[0], run.subset("forget")[0], run.subset("new")[0],
-                       run.train.mean, run.train.std)  # fmt: skip
-    splits = {"test": run.subset("test"), "forget": run.subset("forget")}
-    fixed: dict[str, dict] = {}  # logits of A_d and A_r per split, computed once
+    splits = {
+        "test": run.subset("test"),
+        "forget": run.subset("forget"),
+        "retain": run.subset("retain"),
+    }
+    data = MethodData(splits["retain"][0], splits["forget"][0], run.subset("new")[0], run.train.mean,
+                      run.train.std, retain_labels=splits["retain"][1], forget_labels=splits["forget"][1])  # fmt: skip
+    labels = {split: y for split, (_, y) in splits.items()}
+    try:  # A_r's training time: the methods table reports each method's time relative to it
+        ar_seconds = retrain_seconds(run_cfg.run_dir)
+    except UserError:  # models trained elsewhere may not record it
+        ar_seconds = None
+    fixed: dict[str, dict] = {}  # logits of A_d and A_r per split, and their audit, computed once
 
     def logits_of(model, split: str):
         images = splits[split][0]
@@ -152,30 +197,49 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             label = f"{run_cfg.arch}^{freeze_label(freeze)}"
             key = {"dataset": run_cfg.dataset, "arch": run_cfg.arch, "freeze": list(freeze),
-                   "seed": seed, "preset": cfg.preset, "config": config}  # fmt: skip
+                   "seed": seed, "preset": preset, "method": method, "config": config}  # fmt: skip
             if find_result(run_cfg.run_dir, key) is not None:
                 accelerator.print(f"{label} seed {seed}: finished earlier, skipped")
                 continue
-            name = model_name(run_cfg.arch, freeze, seed, cfg.preset, config)
+            name = model_name(method, run_cfg.arch, freeze, seed, preset, config)
             state_dir = run_cfg.run_dir / "state" / name
-            result = unlearn(models, data, cfg, freeze=freeze, seed=seed, accelerator=accelerator,
-                             state_dir=state_dir, desc=f"{label} seed {seed}")  # fmt: skip
+            desc = f"{method} {label} seed {seed}"
+            if method == "kga":
+                result = unlearn(models, data, cfg, freeze=freeze, seed=seed, accelerator=accelerator,
+                                 state_dir=state_dir, desc=desc)  # fmt: skip
+            elif method == "retrain":
+                result = retrain(models, run_cfg.run_dir)
+            else:
+                result = unlearn_baseline(models, data, bcfg, freeze=freeze, seed=seed,
+                                          accelerator=accelerator, state_dir=state_dir, desc=desc)  # fmt: skip
             if result.epochs_resumed:
                 accelerator.print(
                     f"{label} seed {seed}: resumed after epoch {result.epochs_resumed}"
                 )
-            evaluation = {}
-            for split, (_, labels) in splits.items():
+            evaluation, star = {}, {}
+            for split in splits:
                 if split not in fixed:
                     fixed[split] = {m: logits_of(models[m], split) for m in ("Ad", "Ar")}
-                logits = fixed[split] | {"A*": logits_of(result.model, split)}
-                evaluation[split] = evaluate_unlearning(logits, labels, run.num_classes)
-            record = key | {"unlearn_seconds": result.seconds, "checkpoint": f"models/{name}.safetensors",
+                star[split] = logits_of(result.model, split)
+                evaluation[split] = evaluate_unlearning(fixed[split] | {"A*": star[split]}, labels[split], run.num_classes)  # fmt: skip
+            checkpoint = (
+                "models/Ar.safetensors" if method == "retrain" else f"models/{name}.safetensors"
+            )
+            record = key | {"unlearn_seconds": result.seconds, "checkpoint": checkpoint,
+                            "retrain_seconds": ar_seconds,
                             "losses": result.losses, "world_size": accelerator.num_processes,
                             "eval": evaluation}  # fmt: skip
             if accelerator.is_main_process:
-                meta = {k: v for k, v in record.items() if k not in ("checkpoint", "eval")}
-                save_model(run_cfg.run_dir, name, result.model, meta)
+                # Membership inference on the gathered logits, once (not per rank); A_d and A_r
+                # are audited once per invocation with a fixed seed, so their values are shared.
+                if "mia" not in fixed:
+                    fixed["mia"] = audit_models({m: {s: fixed[s][m] for s in splits} for m in ("Ad", "Ar")}, labels)  # fmt: skip
+                record["mia"] = fixed["mia"] | audit_models({"A*": star}, labels)
+                if method != "retrain":
+                    meta = {
+                        k: v for k, v in record.items() if k not in ("checkpoint", "eval", "mia")
+                    }
+                    save_model(run_cfg.run_dir, name, result.model, meta)
                 append_result(run_cfg.run_dir, record)  # after the model: a record never lacks it
             accel.clear_state(accelerator, state_dir)  # barriers inside: all ranks see the record
             accelerator.print(summary_line(label, seed, record))

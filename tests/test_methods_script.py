@@ -1,0 +1,80 @@
+"""scripts/unlearn.py --method: baselines and the membership-inference audit end to end, on a
+tiny run folder; records carry "method", "mia" and "retrain_seconds"; report.md gets the
+methods table; a forget-class scenario goes through the same command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kga_fast.checkpoint import save_model
+from kga_fast.config import RunConfig
+from kga_fast.data import FASHION_MNIST_DIR
+from kga_fast.models import build_model
+from kga_fast.run import open_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "scripts" / "unlearn.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+SMALL = ["--train-subset", "64", "--test-subset", "40", "--batch-size", "16", "--freeze", "1,2,3"]
+
+pytestmark = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)",
+)
+
+
+def seeded_run(run_dir: Path, **split) -> Path:
+    """A run folder with its split and four randomly initialised "pretrained" models."""
+    cfg = RunConfig(run_dir=run_dir, train_subset=64, test_subset=40, **split)
+    run = open_run(cfg)
+    torch.manual_seed(0)
+    for name in ("Ad", "Af", "An", "Ar"):
+        model = build_model("resnet18", run.num_classes, run.in_channels)
+        save_model(run_dir, name, model, {"dataset": "fashion-mnist", "train_seconds": 100.0})
+    return run_dir
+
+
+def unlearn(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, SCRIPT, "--run-dir", str(run_dir), *SMALL, "--no-pretrain", *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_methods_share_one_results_file_and_report(tmp_path):
+    run_dir = seeded_run(tmp_path / "run")
+    for method in ("kga", "finetune", "gradient_ascent", "retrain"):
+        out = unlearn(run_dir, "--method", method, "--epochs", "1")
+        assert out.returncode == 0, out.stderr[-2000:]
+    runs = json.loads((run_dir / "results.json").read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == ["finetune", "gradient_ascent", "kga", "retrain"]
+    for r in runs:
+        assert r["retrain_seconds"] == 100.0
+        assert set(r["mia"]) == {"Ad", "A*", "Ar"}
+        assert set(r["mia"]["A*"]) == {
+            "loss_lr_cv_acc",
+            "mia_efficacy_confidence",
+            "entropy_lr_forget_member_rate",
+        }
+        assert set(r["eval"]) == {"test", "forget", "retain"}
+        assert (run_dir / r["checkpoint"]).is_file()
+    retrain = next(r for r in runs if r["method"] == "retrain")
+    assert retrain["freeze"] == [] and retrain["checkpoint"] == "models/Ar.safetensors"
+    assert retrain["eval"]["test"]["jsd"]["A*,Ar"] == pytest.approx(0.0, abs=1e-6)  # A* is A_r
+    report = (run_dir / "report.md").read_text()
+    assert "gradient_ascent" in report and "mia_efficacy_confidence" in report
+
+
+def test_forget_classes_scenario_through_the_command(tmp_path):
+    run_dir = seeded_run(tmp_path / "run", forget_classes=[3])
+    out = unlearn(run_dir, "--forget-classes", "3", "--method", "finetune", "--epochs", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert splits["options"]["forget_classes"] == [3]
+    other = unlearn(run_dir, "--method", "finetune", "--epochs", "1")  # no --forget-classes
+    assert other.returncode == 2 and "error:" in other.stderr
