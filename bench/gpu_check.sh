@@ -59,7 +59,7 @@ section native "Extension has CUDA kernels" 10 "$PY" -c \
   'import kga_fast.native as n; print(n.describe()); assert n.has_device("cuda"), "no CUDA kernels"'
 # addopts cleared: pyproject's --benchmark-disable needs pytest-benchmark, which may be absent.
 section tests "CUDA tests (pytest -m cuda)" 40 "$PY" -m pytest -q -o addopts="" -rfEs -m cuda tests/test_ops.py tests/test_losses.py
-section bench "Fused loss benchmark (bf16)" 90 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
+section bench "Fused loss benchmark (bf16)" 75 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
   ${OUT_DIR:+--out "$OUT_DIR/bench_losses_cuda.md"}
 # ---- pipeline throughput (bench/bench_pipeline.py, owner: throughput benchmarks) ----
 # Ours vs the paper loop, resnet18 + vgg11, 4 freeze configs, 30 retain batches each;
@@ -69,7 +69,7 @@ section pipeline "Pipeline throughput: ours vs the paper loop" 65 env KGA_BENCH_
   KGA_BENCH_COMPILE=first KGA_BENCH_FULL=1 "$PY" bench/bench_pipeline.py \
   ${OUT_DIR:+--out "$OUT_DIR/bench_pipeline_cuda.md"}
 # ---- end of pipeline throughput ----
-section freeze "Unlearning images/s per freeze configuration (bf16)" 25 "$PY" bench/bench_freeze.py \
+section freeze "Unlearning images/s per freeze configuration (bf16)" 40 "$PY" bench/bench_freeze.py \
   --mixed-precision bf16 ${OUT_DIR:+--json "$OUT_DIR/bench_freeze_cuda.json"}
 # ---- end of SECTIONS ----
 
