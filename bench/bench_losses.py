@@ -176,7 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=DEVICE)
     parser.add_argument("--dtype", default=DTYPE_NAME, choices=sorted(DTYPES))
-    parser.add_argument("--rounds", type=int, default=None, help="timed calls per case (best is kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed calls per case (best is kept)"
+    )
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

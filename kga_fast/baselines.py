@@ -42,7 +42,7 @@ from kga_fast.evaluate import predict
 from kga_fast.freeze import apply_freeze
 from kga_fast.losses import kl_rows
 from kga_fast.models import StagedNet
-from kga_fast.unlearn import UnlearnData, UnlearnResult
+from kga_fast.unlearn import UnlearnData, UnlearnResult, stream_seed
 
 METHODS = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "scrub")
 TRAINED = ("finetune", "gradient_ascent", "random_label", "scrub")  # what unlearn_baseline runs
@@ -116,11 +116,6 @@ def retrain(models: dict[str, StagedNet], run_dir: str | Path) -> UnlearnResult:
     return UnlearnResult(models["Ar"].eval(), retrain_seconds(run_dir), 0.0, 0, {})
 
 
-def _stream_seed(seed: int, stream: int) -> int:
-    """Independent seeds for the data orders and dropout (DeviceLoader adds the epoch)."""
-    return (seed * 1_000_003 + stream * 10_007) % 2**31
-
-
 def _distill_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
     return kl_rows(teacher / t, student / t).mean() * t * t  # KL(teacher || student) * T^2
 
@@ -149,7 +144,7 @@ def unlearn_baseline(
             raise UserError(f"{method}: {len(images)} images are too few for {world} process(es)")
         return accel.rank_loader(accelerator, images, labels, global_batch=batch * world,
                                  mean=data.mean, std=data.std, shuffle=True,
-                                 seed=_stream_seed(seed, stream), drop_last=True)  # fmt: skip
+                                 seed=stream_seed(seed, stream), drop_last=True)  # fmt: skip
 
     if method == "random_label":  # a wrong label per D_f sample: (y + U{1..K-1}) mod K
         g = torch.Generator().manual_seed(seed)
@@ -252,7 +247,7 @@ def unlearn_baseline(
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             # Dropout (VGG) draws from a per-epoch seed, so a resumed epoch replays exactly.
-            torch.manual_seed(_stream_seed(seed, 3 + epoch) + accelerator.process_index)
+            torch.manual_seed(stream_seed(seed, 3 + epoch) + accelerator.process_index)
             for dl, name, loss_of, until in passes:
                 if epoch < until:
                     run_pass(dl, name, loss_of, epoch, bar)

@@ -128,7 +128,7 @@ class UnlearnResult:
     losses: dict[str, list[float]] = field(default_factory=dict)  # per-epoch mean L_r, L_a
 
 
-def _stream_seed(seed: int, stream: int) -> int:
+def stream_seed(seed: int, stream: int) -> int:
     """Independent seeds for the D_r, D_f, D_n orders and dropout (DeviceLoader adds the epoch)."""
     return (seed * 1_000_003 + stream * 10_007) % 2**31
 
@@ -218,7 +218,7 @@ def unlearn(
     def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool) -> DeviceLoader:
         return DeviceLoader(
             images, torch.zeros(len(images), dtype=torch.int64), batch_size=batch, mean=data.mean,
-            std=data.std, shuffle=True, seed=_stream_seed(seed, stream), device=device, rank=rank,
+            std=data.std, shuffle=True, seed=stream_seed(seed, stream), device=device, rank=rank,
             world_size=world, drop_last=drop_last, channels_last=device.type == "cuda",
         )  # fmt: skip
 
@@ -263,7 +263,7 @@ def unlearn(
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             # Dropout (VGG) draws from a per-epoch seed, so a resumed epoch replays exactly.
-            torch.manual_seed(_stream_seed(seed, 3 + epoch) + rank)
+            torch.manual_seed(stream_seed(seed, 3 + epoch) + rank)
             retain_dl.set_epoch(epoch)
             sum_r = torch.zeros((), device=device)  # summed on the device: no host sync per step
             sum_a = torch.zeros((), device=device)
