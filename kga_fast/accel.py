@@ -27,7 +27,26 @@ def make_accelerator(mixed_precision: str | None = None) -> Accelerator:
     cpu = not torch.cuda.is_available()
     if cpu and mixed_precision == "fp16":
         raise UserError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on the CPU")
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if cpu:
+        _cpu_threads(accelerator)
+    return accelerator
+
+
+def _cpu_threads(accelerator: Accelerator) -> None:
+    """`accelerate launch` on a machine without a GPU sets OMP_NUM_THREADS=1 even for a single
+    process, which halves a 2-core CPU run. Give the processes of this machine its cores
+    (KGA_FAST_CPU_THREADS overrides; under plain python or torchrun nothing changes)."""
+    wanted = os.environ.get("KGA_FAST_CPU_THREADS")
+    if wanted is None:
+        launched = (
+            "ACCELERATE_DYNAMO_BACKEND" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1"
+        )
+        if not launched:
+            return
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        wanted = max(1, len(os.sched_getaffinity(0)) // max(1, local))
+    torch.set_num_threads(int(wanted))
 
 
 def is_distributed(accelerator: Accelerator) -> bool:
