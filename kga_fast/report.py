@@ -10,11 +10,11 @@ shows the same numbers.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from kga_fast.checkpoint import atomic_path
 from kga_fast.errors import UserError
 from kga_fast.freeze import freeze_label
 from kga_fast.methods_report import methods_section
@@ -36,9 +36,8 @@ STD_NOTE = "mean ± sample standard deviation (n - 1) over seeds (± 0.000 with 
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def load_results(run_dir: str | Path) -> dict:
@@ -309,9 +308,8 @@ def _figure(rows: list[dict], path: Path) -> None:
             ax.set_title(f"{dataset}: {title}", fontsize=10)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:

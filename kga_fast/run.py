@@ -34,6 +34,15 @@ class Run:
     def in_channels(self) -> int:
         return self.train.in_channels
 
+    def describe(self, accelerator) -> str:
+        """One line for the start of a script: data, split sizes, processes, precision."""
+        s, cfg = self.splits, self.cfg
+        return (
+            f"run {cfg.run_dir}: {cfg.dataset}, {cfg.arch}, |D_f|={len(s.forget)} |D_r|={len(s.retain)} "
+            f"|D_n|={len(s.new)} |D_t|={len(s.test)}; {accelerator.num_processes} process(es), "
+            f"mixed precision {accelerator.mixed_precision}"
+        )
+
     def indices(self, *names: str) -> list[int]:
         """Indices of the union of the named subsets, into the train or the test set."""
         out: list[int] = []

@@ -216,10 +216,10 @@ def unlearn(
         raise UserError(f"D_f ({len(data.forget)}) and D_n ({len(data.new)}) need a sample per process")  # fmt: skip
 
     def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool) -> DeviceLoader:
-        return DeviceLoader(
-            images, torch.zeros(len(images), dtype=torch.int64), batch_size=batch, mean=data.mean,
-            std=data.std, shuffle=True, seed=stream_seed(seed, stream), device=device, rank=rank,
-            world_size=world, drop_last=drop_last, channels_last=device.type == "cuda",
+        labels = torch.zeros(len(images), dtype=torch.int64)  # unused: KGA compares outputs
+        return accel.rank_loader(
+            accelerator, images, labels, global_batch=batch * world, mean=data.mean,
+            std=data.std, shuffle=True, seed=stream_seed(seed, stream), drop_last=drop_last,
         )  # fmt: skip
 
     retain_dl = loader(0, data.retain, per_rank, False)

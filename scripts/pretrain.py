@@ -41,11 +41,7 @@ def main(argv=None) -> None:
     names = tuple(n.strip() for n in args.only.split(",") if n.strip())
     accelerator = accel.make_accelerator(cfg.mixed_precision)
     run = open_run(cfg, accelerator)
-    accelerator.print(
-        f"run {cfg.run_dir}: {cfg.dataset}, {cfg.arch}, |D_f|={len(run.splits.forget)} |D_r|={len(run.splits.retain)} "
-        f"|D_n|={len(run.splits.new)} |D_t|={len(run.splits.test)}, {accelerator.num_processes} process(es), "
-        f"mixed precision {accelerator.mixed_precision}"
-    )
+    accelerator.print(run.describe(accelerator))
     ensure_pretrained(run, accelerator, names=names)
     accelerator.print(f"models in {cfg.run_dir / 'models'}")
 

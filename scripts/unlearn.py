@@ -166,12 +166,7 @@ def main(argv=None) -> None:
         config, preset = baseline_config_key(bcfg), "default"
     config = config | {"mixed_precision": str(accelerator.mixed_precision)}
     run = open_run(run_cfg, accelerator)
-    accelerator.print(
-        f"run {run_cfg.run_dir}: {run_cfg.dataset}, {run_cfg.arch}, |D_f|={len(run.splits.forget)} "
-        f"|D_r|={len(run.splits.retain)} |D_n|={len(run.splits.new)} |D_t|={len(run.splits.test)}; "
-        f"method {method}, preset {preset}; {accelerator.num_processes} process(es), "
-        f"mixed precision {accelerator.mixed_precision}"
-    )
+    accelerator.print(f"{run.describe(accelerator)}; method {method}, preset {preset}")
     models = ensure_pretrained(run, accelerator, allow_train=not args.no_pretrain)
     splits = {
         "test": run.subset("test"),
