@@ -7,11 +7,7 @@ counts as present only when both files are, so an interrupted save is never take
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,30 +18,10 @@ from torch import nn
 
 import kga_fast
 from kga_fast.errors import UserError
+from kga_fast.files import atomic_path
 from kga_fast.models import StagedNet, build_model
 
 MODELS_DIR = "models"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; on success it replaces `path`, on error it goes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """JSON to `path`, all or nothing (Paths and other odd values written as strings)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
 
 
 def _paths(run_dir: str | Path, name: str) -> tuple[Path, Path]:

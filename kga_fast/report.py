@@ -1,8 +1,5 @@
-"""results.json (one record per unlearning run) and the paper's report built from it.
+"""The paper's report of a run folder, built from its results.json (kga_fast.results).
 
-A record: {"dataset", "arch", "freeze": [1, 2], "seed", "preset", "config": {...},
-"unlearn_seconds", "checkpoint", "eval": {"test": {"accuracy": {"Ad", "A*", "Ar"}, "f1": {...},
-"jsd": {"Ad,A*", "A*,Ar"}}, "forget": {...}}}, optionally "method" and any further keys.
 report.md is assembled by the builders in SECTIONS (add one to add a section); report.png
 shows the same numbers.
 """
@@ -14,13 +11,12 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from kga_fast.checkpoint import atomic_path
 from kga_fast.errors import UserError
+from kga_fast.files import atomic_path, write_bytes_atomic
 from kga_fast.freeze import freeze_label
 from kga_fast.methods_report import methods_section
+from kga_fast.results import RESULTS_FILE, load_results
 
-RESULTS_FILE = "results.json"
-REQUIRED = ("dataset", "arch", "freeze", "seed", "preset", "config", "unlearn_seconds", "eval")
 SPLITS = {"test": "test (D_t)", "forget": "forget (D_f)"}
 COLUMNS = [  # (header, metric path in a summary row, decimals)
     ("JSD (Ad,A*)", "jsd/Ad,A*", 3),
@@ -33,54 +29,6 @@ COLUMNS = [  # (header, metric path in a summary row, decimals)
     ("Acc Ar", "accuracy/Ar", 3),
 ]
 STD_NOTE = "mean ± sample standard deviation (n - 1) over seeds (± 0.000 with one seed)"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def load_results(run_dir: str | Path) -> dict:
-    """{"runs": [record, ...]}; {"runs": []} when there is no results.json yet."""
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.exists():
-        return {"runs": []}
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}); fix or move it away") from None
-    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
-        raise UserError(f"{path} has no list 'runs'; fix or move it away")
-    for i, record in enumerate(results["runs"]):
-        missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
-        if missing:
-            raise UserError(
-                f"{path}: run {i} lacks {', '.join(missing)}; fix or move the file away"
-            )
-    return results
-
-
-def result_key(record: dict) -> tuple:
-    """What makes a run unique: where and how it unlearned (not its results)."""
-    config = json.dumps(record["config"], sort_keys=True, default=str)
-    return (record["dataset"], record["arch"], tuple(record["freeze"]), record["seed"],
-            record["preset"], record.get("method"), config)  # fmt: skip
-
-
-def find_result(run_dir: str | Path, key_record: dict) -> dict | None:
-    key = result_key(key_record)
-    return next((r for r in load_results(run_dir)["runs"] if result_key(r) == key), None)
-
-
-def append_result(run_dir: str | Path, record: dict) -> None:
-    """Add `record` to results.json, replacing a record of the same key; atomic."""
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise ValueError(f"result record lacks {missing}")
-    results = load_results(run_dir)  # a corrupt file stops here, untouched
-    key = result_key(record)
-    results["runs"] = [r for r in results["runs"] if result_key(r) != key] + [record]
-    _atomic_write(Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -323,5 +271,5 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     md, png = run_dir / "report.md", run_dir / "report.png"
     text = "\n\n".join(t for t in (section(runs) for section in SECTIONS) if t) + "\n"
     _figure(summarize(runs), png)
-    _atomic_write(md, text.encode())
+    write_bytes_atomic(md, text.encode())
     return md, png

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kga_fast.checkpoint import write_json_atomic
 from kga_fast.errors import UserError
+from kga_fast.files import write_json_atomic
 
 SPLITS_FILE = "splits.json"
 # Independent random streams, so that e.g. changing new_fraction keeps the same D_f.

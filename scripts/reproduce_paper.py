@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from accelerate import PartialState
 
 from kga_fast.errors import UserError, cli_main
-from kga_fast.report import format_table, load_results
+from kga_fast.report import format_table
+from kga_fast.results import load_results
 
 DATASETS = ("cifar10", "cifar100")
 ARCHS = ("resnet18", "vgg11")

@@ -43,7 +43,8 @@ from kga_fast.evaluate import evaluate_unlearning, predict
 from kga_fast.freeze import freeze_label, parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
 from kga_fast.pretrain import ensure_pretrained
-from kga_fast.report import append_result, find_result, format_table, load_results, write_report
+from kga_fast.report import format_table, write_report
+from kga_fast.results import append_result, find_result, load_results
 from kga_fast.run import open_run
 from kga_fast.unlearn import (
     OPTIMIZERS,

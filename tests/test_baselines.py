@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch import nn
 
 import kga_fast.baselines as B
-from kga_fast import accel, methods_report, report
+from kga_fast import accel, methods_report, report, results
 from kga_fast.baselines import BASELINE_PRESETS, MethodData, retrain, unlearn_baseline
 from kga_fast.data import normalize
 from kga_fast.errors import UserError
@@ -225,7 +225,7 @@ def record(method: str | None, seed: int, acc_forget: float, seconds: float) -> 
 def test_methods_table_appears_in_report_md(tmp_path, monkeypatch):
     for r in [record(None, 0, 0.82, 10.0), record(None, 1, 0.84, 12.0),
               record("finetune", 0, 0.9, 20.0), record("retrain", 0, 0.8, 40.0)]:  # fmt: skip
-        report.append_result(tmp_path, r)
+        results.append_result(tmp_path, r)
     monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, methods_report.methods_section])
     md, _ = report.write_report(tmp_path)
     text = md.read_text()

@@ -12,17 +12,8 @@ from pathlib import Path
 import pytest
 
 from kga_fast.errors import UserError
-from kga_fast.report import (
-    RESULTS_FILE,
-    append_result,
-    find_result,
-    format_table,
-    format_time_table,
-    load_results,
-    result_key,
-    summarize,
-    write_report,
-)
+from kga_fast.report import format_table, format_time_table, summarize, write_report
+from kga_fast.results import RESULTS_FILE, append_result, find_result, load_results, result_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
