@@ -49,8 +49,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     sync_bn = accel.is_distributed(accelerator) and accelerator.device.type == "cuda"
     if sync_bn:  # batch statistics over the global batch (SyncBatchNorm is GPU-only)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if accelerator.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = accel.to_train_layout(model, accelerator)
     batch = min(pre.batch_size, len(images) - len(images) % accelerator.num_processes)
     loader = accel.rank_loader(
         accelerator,
