@@ -164,8 +164,7 @@ def unlearn_baseline(
 
     raw = copy.deepcopy(models["Ad"]).float()  # A* starts as A_d
     apply_freeze(raw.requires_grad_(True), freeze)
-    if device.type == "cuda":
-        raw = raw.to(memory_format=torch.channels_last)
+    raw = accel.to_train_layout(raw, accelerator)
     params = [p for p in raw.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -236,8 +235,8 @@ def unlearn_baseline(
                 for split, images in (("retain", data.retain), ("forget", data.forget))
             }
         sync()
-        teacher_seconds = time.perf_counter() - t0
-        seconds = progress["seconds"] + teacher_seconds
+        cache_seconds = time.perf_counter() - t0
+        seconds = progress["seconds"] + cache_seconds
         total_steps = sum(
             len(dl) * (min(n, cfg.epochs) - min(n, start_epoch)) for dl, _, _, n in passes
         )
@@ -259,4 +258,4 @@ def unlearn_baseline(
         bar.close()
     finally:
         accelerator.free_memory()  # as in unlearn(): the next run sees one model and optimizer
-    return UnlearnResult(raw.eval(), seconds, teacher_seconds, start_epoch, losses)
+    return UnlearnResult(raw.eval(), seconds, cache_seconds, start_epoch, losses)

@@ -41,19 +41,30 @@ class StagedNet(nn.Module):
             n += 1
         return n
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
-        prefix = self.frozen_prefix() if torch.is_grad_enabled() else 0
-        if prefix:
-            with torch.no_grad():
-                x = self.stem(x)
-                for block in self.blocks[:prefix]:
-                    x = block(x)
-            x = x.detach()
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, classes) logits. With `start` = k > 0, x is instead the
+        output of the stem and the first k blocks (kga_fast.cache.PrefixCache keeps it for a
+        frozen prefix), and only blocks k.. and the head run."""
+        if start:
+            if torch.is_grad_enabled() and start > self.frozen_prefix():
+                raise ValueError(f"start={start} skips trainable blocks (frozen prefix: {self.frozen_prefix()})")  # fmt: skip
         else:
-            x = self.stem(x)
-        for block in self.blocks[prefix:]:
+            prefix = self.frozen_prefix() if torch.is_grad_enabled() else 0
+            x, start = self.prefix(x, prefix), prefix
+        for block in self.blocks[start:]:
             x = block(x)
         return self.head(x)
+
+    def prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The stem and the first k blocks on images x; without autograd when k > 0 (the frozen
+        prefix: nothing in it needs a gradient), the stem alone with it when k == 0."""
+        if not k:
+            return self.stem(x)
+        with torch.no_grad():
+            x = self.stem(x)
+            for block in self.blocks[:k]:
+                x = block(x)
+        return x.detach()
 
     def train(self, mode: bool = True) -> StagedNet:
         super().train(mode)

@@ -21,7 +21,9 @@ code), and under DDP each process compares its own share of the batch.
 
 Teachers (A_d, A_f, A_n) are frozen and in eval mode; without augmentation their outputs are
 constants, computed once (`cache_teachers=True`) and indexed per batch; only A* runs forward
-and backward. The uncached path runs them every step on the very same batches.
+and backward. The uncached path runs them every step on the very same batches. Likewise the
+features of A*'s frozen prefix are computed once when they fit in `prefix_cache_gb`, so that a
+step runs only the trainable blocks (kga_fast.cache).
 
 Under DDP each process takes its rank's share of every batch (DistributedSampler order), so
 the processes together see the single-process batches and pairs; only the L_a backward of a
@@ -42,11 +44,11 @@ import torch
 from tqdm.auto import tqdm
 
 from kga_fast import accel
+from kga_fast.cache import PrefixCache, Teachers
 from kga_fast.data import DeviceLoader
 from kga_fast.errors import UserError
-from kga_fast.evaluate import predict
 from kga_fast.freeze import apply_freeze
-from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, kl_rows, retain_loss
+from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
 from kga_fast.models import StagedNet
 
 OPTIMIZERS = ("adam", "sgd")
@@ -70,12 +72,13 @@ class UnlearnConfig:
     direction: str = "student_first"  # student_first (paper eqs. 2, 3) | teacher_first (KGA code)
     reduction: str = "pair"  # pair (paper eq. 2) | batch (KGA code)
     cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
+    prefix_cache_gb: float = 4.0  # frozen-prefix features kept when they fit (0: never)
     compile: bool = False  # torch.compile the student
     impl: str | None = None  # loss backend: fused | reference | auto (None: KGA_FAST_IMPL)
     log_every: int = 10  # optimizer steps between progress-bar loss updates (host syncs)
 
 
-RUNTIME_FIELDS = ("cache_teachers", "compile", "impl", "log_every")
+RUNTIME_FIELDS = ("cache_teachers", "prefix_cache_gb", "compile", "impl", "log_every")
 
 # Section 4.1 / 5.1 of the paper: Adam lr 0.05, eps 1e-8, ratio 0.1, inner steps 15, batch 256,
 # 15 epochs, no augmentation.
@@ -100,9 +103,10 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
         if getattr(cfg, name) not in choices:
             raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")  # fmt: skip
     for name, ok in (("lr", cfg.lr > 0), ("ratio", 0 <= cfg.ratio <= 1), ("inner_steps", cfg.inner_steps >= 1),
-                     ("batch_size", cfg.batch_size >= 1), ("epochs", cfg.epochs >= 1)):  # fmt: skip
+                     ("batch_size", cfg.batch_size >= 1), ("epochs", cfg.epochs >= 1),
+                     ("prefix_cache_gb", cfg.prefix_cache_gb >= 0)):  # fmt: skip
         if not ok:
-            bound = "in [0, 1]" if name == "ratio" else "positive"
+            bound = {"ratio": "in [0, 1]", "prefix_cache_gb": "0 or more"}.get(name, "positive")
             raise UserError(f"{name.replace('_', ' ')} must be {bound}, got {getattr(cfg, name)}")
     return cfg
 
@@ -122,8 +126,8 @@ class UnlearnData:
 @dataclass
 class UnlearnResult:
     model: StagedNet  # A*, unwrapped, eval mode, on the accelerator's device
-    seconds: float  # unlearning time, teacher caching included, state saving excluded
-    teacher_seconds: float  # of which computing the cached teacher outputs (this piece)
+    seconds: float  # unlearning time, caching included, state saving excluded
+    cache_seconds: float  # of which computing what is cached (kga_fast.cache), in this piece
     epochs_resumed: int  # epochs loaded from an earlier, interrupted run
     losses: dict[str, list[float]] = field(default_factory=dict)  # per-epoch mean L_r, L_a
 
@@ -131,44 +135,6 @@ class UnlearnResult:
 def stream_seed(seed: int, stream: int) -> int:
     """Independent seeds for the D_r, D_f, D_n orders and dropout (DeviceLoader adds the epoch)."""
     return (seed * 1_000_003 + stream * 10_007) % 2**31
-
-
-class Teachers:
-    """Outputs of the frozen teachers for a batch: cached tensors indexed by position (computed
-    once by evaluate.predict, whole set on every process), or the models run on the batch."""
-
-    def __init__(
-        self, models: dict[str, StagedNet], data: UnlearnData, accelerator, cached: bool, impl
-    ):
-        self.models, self.accelerator, self.cached, self.impl = models, accelerator, cached, impl
-        for m in models.values():
-            m.eval().requires_grad_(False)
-        if cached:
-
-            def logits(name: str, images: torch.Tensor) -> torch.Tensor:  # (N, K) on the device
-                out = predict(models[name], images, mean=data.mean, std=data.std, accelerator=accelerator)  # fmt: skip
-                return out.to(accelerator.device)
-
-            self.retain_logits = logits("Ad", data.retain)  # (N_r, K)
-            self.forget_logits = logits("Af", data.forget)  # (N_f, K)
-            new_ad, new_an = logits("Ad", data.new), logits("An", data.new)
-            self.new_gap = kl_rows(new_ad, new_an, impl=impl)  # (N_n,) KL(A_d || A_n)
-
-    @torch.no_grad()
-    def _forward(self, name: str, x: torch.Tensor) -> torch.Tensor:  # as predict() computes it
-        with self.accelerator.autocast():
-            return self.models[name](x).float()  # (B, K)
-
-    def retain(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return self.retain_logits[idx] if self.cached else self._forward("Ad", x)
-
-    def forget(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return self.forget_logits[idx] if self.cached else self._forward("Af", x)
-
-    def gap(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        if self.cached:
-            return self.new_gap[idx]
-        return kl_rows(self._forward("Ad", x), self._forward("An", x), impl=self.impl)
 
 
 def _endless(loader: DeviceLoader, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -230,8 +196,7 @@ def unlearn(
 
     raw = copy.deepcopy(models["Ad"]).float()  # A* starts as A_d
     apply_freeze(raw.requires_grad_(True), freeze)
-    if device.type == "cuda":
-        raw = raw.to(memory_format=torch.channels_last)
+    raw = accel.to_train_layout(raw, accelerator)
     optimizer = _make_optimizer(cfg, [p for p in raw.parameters() if p.requires_grad])
     student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
     key = config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
@@ -251,9 +216,12 @@ def unlearn(
         t0 = time.perf_counter()
         teachers = {k: models[k] for k in ("Ad", "Af", "An")}
         teachers = Teachers(teachers, data, accelerator, cfg.cache_teachers, cfg.impl)
+        prefix = PrefixCache(raw, data, accelerator, cfg.prefix_cache_gb)
+        if prefix.skipped:
+            accelerator.print(f"note: {prefix.skipped}")
         sync()
-        teacher_seconds = time.perf_counter() - t0
-        seconds = progress["seconds"] + teacher_seconds
+        cache_seconds = time.perf_counter() - t0
+        seconds = progress["seconds"] + cache_seconds
         forget_it = _endless(forget_dl, start_epoch * steps_per_epoch)
         new_it = _endless(new_dl, start_epoch * steps_per_epoch)
         scale = (1.0 - cfg.ratio) / cfg.inner_steps
@@ -272,7 +240,7 @@ def unlearn(
                 # L_r backwards accumulate locally; only the step's L_a backward all-reduces.
                 with accelerator.no_sync(student):
                     with accelerator.autocast():
-                        out = student(x).float()  # (B, K)
+                        out = student(*prefix.inputs("retain", x, idx)).float()  # (B, K)
                     target = teachers.retain(x, idx)  # (B, K)
                     l_r = retain_loss(out, target, direction=cfg.direction, impl=cfg.impl)
                     accelerator.backward(l_r * scale)
@@ -281,7 +249,7 @@ def unlearn(
                     xf, _, idx_f = next(forget_it)  # (P, C, H, W), (P,)
                     xn, _, idx_n = next(new_it)
                     with accelerator.autocast():
-                        out_f = student(xf).float()  # (P, K)
+                        out_f = student(*prefix.inputs("forget", xf, idx_f)).float()  # (P, K)
                     l_a = alignment_loss(
                         out_f, teachers.forget(xf, idx_f), teachers.gap(xn, idx_n),
                         reduction=cfg.reduction, direction=cfg.direction, impl=cfg.impl,
@@ -310,4 +278,4 @@ def unlearn(
         # so that the next run's save_state / load_state see exactly one model and optimizer.
         accelerator.free_memory()
     bar.close()
-    return UnlearnResult(raw.eval(), seconds, teacher_seconds, start_epoch, losses)
+    return UnlearnResult(raw.eval(), seconds, cache_seconds, start_epoch, losses)

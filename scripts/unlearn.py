@@ -49,6 +49,7 @@ from kga_fast.run import open_run
 from kga_fast.unlearn import (
     OPTIMIZERS,
     UNLEARN_PRESETS,
+    UnlearnConfig,
     check_config,
     config_key,
     unlearn,
@@ -96,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         g.add_argument(flag, dest=name, type=kind, choices=choices.get(name), default=None,
                        help=f"override the preset's {name}")  # fmt: skip
     g.add_argument("--no-cache-teachers", action="store_true", help="run the teachers every step")
+    g.add_argument("--prefix-cache-gb", type=float, default=UnlearnConfig.prefix_cache_gb, metavar="G",
+                   help="keep the frozen prefix's features of D_r and D_f when they fit in G GiB "
+                        "(0: run the prefix every batch)")  # fmt: skip
     g.add_argument("--compile", action="store_true", help="torch.compile the unlearned model")
     g.add_argument("--impl", choices=IMPLS, default=None, help="loss backend (default: KGA_FAST_IMPL or auto)")  # fmt: skip
     g.add_argument(
@@ -113,6 +117,7 @@ def unlearn_config(args: argparse.Namespace):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.cache_teachers, cfg.compile, cfg.impl = not args.no_cache_teachers, args.compile, args.impl
+    cfg.prefix_cache_gb = args.prefix_cache_gb
     return check_config(cfg)
 
 

@@ -122,3 +122,78 @@ def test_paper_loop_steps_and_freezing():
         assert torch.equal(before[name], after[name]) == frozen, name
     # As in the paper's code, the frozen blocks' BatchNorm statistics still move.
     assert not torch.equal(before["blocks.0.0.bn1.running_mean"], after["blocks.0.0.bn1.running_mean"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "device, precision, expected",
+    [("cuda", "no", True), ("cuda", "bf16", True), ("cpu", "bf16", True), ("cpu", "no", False)],
+)
+def test_channels_last_rule(device, precision, expected):
+    """One rule for models and batches alike: channels_last on GPUs and under bf16 on the CPU."""
+    from types import SimpleNamespace
+
+    from kga_fast import accel
+
+    fake = SimpleNamespace(device=torch.device(device), mixed_precision=precision)
+    assert accel.channels_last(fake) is expected
+    model = accel.to_train_layout(build_model("resnet18-cifar", 10, 3), fake)
+    conv = model.stem[0].weight  # (64, 3, 3, 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last) is expected
+
+
+def test_start_runs_only_the_blocks_after_a_cached_prefix():
+    torch.manual_seed(0)
+    model = apply_freeze(build_model("resnet18", 10, 3), (1, 2)).train()
+    x = torch.randn(4, 3, 32, 32)
+    features = model.prefix(x, 2)  # (4, 128, 4, 4), no graph
+    assert not features.requires_grad
+    torch.testing.assert_close(model(features, start=2), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="skips trainable blocks"):
+        model(model.prefix(x, 3), start=3)  # block 3 is trainable: it must not be skipped
+
+
+def _unlearn_with_prefix_cache(monkeypatch, arch: str, freeze: tuple, limit_gb: float):
+    """Losses, A* and the `start` of every student call of a small KGA run."""
+    from kga_fast import cache
+
+    starts = []
+    inputs = cache.PrefixCache.inputs
+
+    def spy(self, name, x, idx):
+        out = inputs(self, name, x, idx)
+        starts.append(out[1])
+        return out
+
+    monkeypatch.setattr(cache.PrefixCache, "inputs", spy)
+    torch.manual_seed(0)
+    models = {k: build_model(arch, 10, 1).eval() for k in ("Ad", "Af", "An")}
+    cfg = UnlearnConfig(
+        optimizer="sgd", lr=0.05, batch_size=8, inner_steps=2, epochs=2, impl="reference",
+        prefix_cache_gb=limit_gb,
+    )  # fmt: skip
+    acc = Accelerator(cpu=True)
+    result = unlearn(models, tiny_data(24, 16, 8), cfg, freeze=freeze, seed=0, accelerator=acc)
+    return result.losses, result.model, starts
+
+
+@pytest.mark.parametrize(
+    "arch,freeze", [("resnet18", (1, 2, 3)), ("vgg11-bn-cifar", (1,)), ("resnet18", (2, 3))]
+)
+def test_frozen_prefix_cache_gives_the_uncached_unlearning(monkeypatch, arch, freeze):
+    """The cached features of the frozen prefix stand in for running it: same losses, same A*.
+    (A frozen set that is not a prefix, (2,3), has nothing to cache.)"""
+    got_losses, got, starts = _unlearn_with_prefix_cache(monkeypatch, arch, freeze, 4.0)
+    prefix = len(freeze) if freeze[0] == 1 else 0
+    assert starts and set(starts) == {prefix}  # every student call used the cache when possible
+    want_losses, want, plain = _unlearn_with_prefix_cache(monkeypatch, arch, freeze, 0.0)
+    assert set(plain) == {0}
+    for k in want_losses:
+        torch.testing.assert_close(got_losses[k], want_losses[k], rtol=1e-5, atol=1e-7)
+    for (name, p), q in zip(got.state_dict().items(), want.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_frozen_prefix_cache_over_its_limit_runs_the_prefix(monkeypatch, capsys):
+    *_, starts = _unlearn_with_prefix_cache(monkeypatch, "resnet18", (1,), 1e-6)
+    assert set(starts) == {0}
+    assert "frozen-prefix cache would need" in capsys.readouterr().out

@@ -235,7 +235,7 @@ def test_resume_after_interruption_is_exact(acc, monkeypatch, tmp_path):
     assert resumed.losses == whole.losses
     for p, q in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):  # fmt: skip
         assert torch.equal(p, q)
-    assert resumed.seconds > resumed.teacher_seconds
+    assert resumed.seconds > resumed.cache_seconds
 
     other = dataclasses.replace(cfg, lr=2e-3)  # a state never resumes another configuration
     with pytest.raises(UserError, match="another configuration"):
