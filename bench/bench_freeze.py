@@ -3,7 +3,7 @@ each freeze configuration of resnet18 and vgg11, and the ratio to (0).
 
     python bench/bench_freeze.py                       # CPU here: 3 timed steps, batch 64
     python bench/bench_freeze.py --mixed-precision bf16 --compile
-    (bench/gpu_check.sh runs it on CUDA, chosen automatically: 30 timed steps, batch 256)
+    python bench/bench_freeze.py                       # on a GPU: CUDA, 30 timed steps, batch 256
 
 Synthetic CIFAR-shaped data (3 x 32 x 32, 10 classes, random weights): speed does not depend on
 what the images show. A "step" is one retain batch (forward + backward of A*); the timed run is

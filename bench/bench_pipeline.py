@@ -17,7 +17,7 @@ KGA_BENCH_FREEZES (0;1;1,2;1,2,3); KGA_BENCH_STEPS, retain batches per run (2 / 
 of 25,000); KGA_BENCH_BATCH (256); KGA_BENCH_REPEATS (1, the fastest run counts);
 KGA_BENCH_PRECISION of ours (no / bf16); KGA_BENCH_COMPILE, also ours under torch.compile
 (0 / first = the first freeze configuration only, 1 = all); KGA_BENCH_PRETRAIN, archs timed
-(resnet18 / resnet18-cifar); KGA_BENCH_PRETRAIN_STEPS (3 / 100); KGA_BENCH_FULL, the full
+(resnet18 / resnet18-cifar; empty: none); KGA_BENCH_PRETRAIN_STEPS (3 / 100); KGA_BENCH_FULL, the full
 paper-preset resnet18 run, 15 epochs over 25,000 (0 / 1).
 """
 
@@ -50,7 +50,7 @@ def _env(name: str, cpu: str, cuda: str) -> str:
 
 
 DEVICE = os.environ.get("KGA_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-ARCHS = _env("KGA_BENCH_ARCHS", "resnet18,vgg11", "resnet18,vgg11").split(",")
+ARCHS = [a for a in _env("KGA_BENCH_ARCHS", "resnet18,vgg11", "resnet18,vgg11").split(",") if a]
 FREEZES = [tuple(int(b) for b in f.split(",") if b != "0") for f in _env("KGA_BENCH_FREEZES", "0;1;1,2;1,2,3", "0;1;1,2;1,2,3").split(";")]  # fmt: skip
 STEPS = int(_env("KGA_BENCH_STEPS", "2", "98"))
 BATCH = int(os.environ.get("KGA_BENCH_BATCH", "256"))
@@ -58,7 +58,9 @@ REPEATS = int(os.environ.get("KGA_BENCH_REPEATS", "1"))
 BF16_OK = DEVICE == "cuda" and torch.cuda.is_bf16_supported()
 PRECISION = os.environ.get("KGA_BENCH_PRECISION", "bf16" if BF16_OK else "no")
 COMPILE = _env("KGA_BENCH_COMPILE", "0", "first")  # 0 | 1 | first (first freeze config only)
-PRETRAIN_ARCHS = _env("KGA_BENCH_PRETRAIN", "resnet18", "resnet18-cifar").split(",")
+PRETRAIN_ARCHS = [
+    a for a in _env("KGA_BENCH_PRETRAIN", "resnet18", "resnet18-cifar").split(",") if a
+]
 PRETRAIN_STEPS = int(_env("KGA_BENCH_PRETRAIN_STEPS", "3", "100"))
 FULL = _env("KGA_BENCH_FULL", "0", "1") == "1"
 SIDES = ("paper", "ours") + (("ours+compile",) if COMPILE != "0" else ())
@@ -255,19 +257,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
+
+    def save() -> None:  # after every measurement: a run stopped by a time limit keeps its rows
+        if args.out:
+            Path(args.out).write_text(table() + "\n")
+
     for arch in ARCHS:
         for freeze in FREEZES:
             for side in SIDES:
                 if wanted(freeze, side):
                     measure(arch, freeze, side)
+                    save()
     for arch in PRETRAIN_ARCHS:
         pretrain_images_per_second(arch, PRETRAIN_STEPS)
+        save()
     if FULL:
         full_paper_run()
-    text = table()
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+        save()
+    print(table())
 
 
 if __name__ == "__main__":

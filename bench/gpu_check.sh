@@ -53,24 +53,25 @@ say "# kga_fast GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
 say "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
 say "$("$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)' 2>&1)"
 
-# ---- SECTIONS (append yours; the time limits add up to 6 minutes: keep it so) ----
-section build "Build kga_fast._C (CPU + CUDA)" 130 build
+# ---- SECTIONS (append yours; the time limits add up to under 6 minutes: keep it so) ----
+section build "Build kga_fast._C (CPU + CUDA)" 115 build
 section native "Extension has CUDA kernels" 10 "$PY" -c \
   'import kga_fast.native as n; print(n.describe()); assert n.has_device("cuda"), "no CUDA kernels"'
 # addopts cleared: pyproject's --benchmark-disable needs pytest-benchmark, which may be absent.
-section tests "CUDA tests (pytest -m cuda)" 40 "$PY" -m pytest -q -o addopts="" -rfEs -m cuda tests/test_ops.py tests/test_losses.py
-section bench "Fused loss benchmark (bf16)" 75 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
+section tests "CUDA tests (pytest -m cuda)" 40 "$PY" -m pytest -q -o addopts="" -rfEs -m cuda tests/test_ops.py tests/test_losses.py tests/test_data.py
+section bench "Fused loss benchmark (bf16)" 60 "$PY" bench/bench_losses.py --device cuda --dtype bfloat16 \
   ${OUT_DIR:+--out "$OUT_DIR/bench_losses_cuda.md"}
-# ---- pipeline throughput (bench/bench_pipeline.py, owner: throughput benchmarks) ----
-# Ours vs the paper loop, resnet18 + vgg11, 4 freeze configs, 30 retain batches each;
-# torch.compile timed on the (0) config; pretraining resnet18-cifar bf16; the full paper-preset
-# resnet18 run (15 epochs x 25,000).
-section pipeline "Pipeline throughput: ours vs the paper loop" 65 env KGA_BENCH_STEPS=30 \
-  KGA_BENCH_COMPILE=first KGA_BENCH_FULL=1 "$PY" bench/bench_pipeline.py \
+# ---- pipeline throughput (bench/bench_pipeline.py) ----
+# Ours vs the paper loop, resnet18 + vgg11, 4 freeze configs, 30 retain batches each. Each
+# measurement rewrites its --out table, so a section stopped by its limit keeps what it measured.
+section pipeline "Pipeline throughput: ours vs the paper loop" 60 env KGA_BENCH_STEPS=30 \
+  KGA_BENCH_COMPILE=0 KGA_BENCH_FULL=0 KGA_BENCH_PRETRAIN= "$PY" bench/bench_pipeline.py \
   ${OUT_DIR:+--out "$OUT_DIR/bench_pipeline_cuda.md"}
-# ---- end of pipeline throughput ----
-section freeze "Unlearning images/s per freeze configuration (bf16)" 40 "$PY" bench/bench_freeze.py \
-  --mixed-precision bf16 ${OUT_DIR:+--json "$OUT_DIR/bench_freeze_cuda.json"}
+# torch.compile on resnet18 (0) beside both sides, pretraining resnet18-cifar in bf16, and the
+# full paper-preset resnet18 run (15 epochs x 25,000).
+section pipeline2 "Compile, pretraining, full paper-preset run" 65 env KGA_BENCH_STEPS=30 \
+  KGA_BENCH_ARCHS=resnet18 KGA_BENCH_FREEZES=0 KGA_BENCH_COMPILE=1 KGA_BENCH_FULL=1 \
+  "$PY" bench/bench_pipeline.py ${OUT_DIR:+--out "$OUT_DIR/bench_pipeline2_cuda.md"}
 # ---- end of SECTIONS ----
 
 say ""

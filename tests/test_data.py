@@ -251,6 +251,7 @@ def test_device_loader_matches_plain_path_on_fashion_mnist():
     assert torch.equal(torch.cat([idx for _, _, idx in fast]), order)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_loader_cuda_matches_cpu():
     full = _synthetic(40)

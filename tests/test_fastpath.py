@@ -197,3 +197,27 @@ def test_frozen_prefix_cache_over_its_limit_runs_the_prefix(monkeypatch, capsys)
     *_, starts = _unlearn_with_prefix_cache(monkeypatch, "resnet18", (1,), 1e-6)
     assert set(starts) == {0}
     assert "frozen-prefix cache would need" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_frozen_prefix_cache_on_cuda_in_bf16():
+    """The GPU fast path (bf16 autocast, channels_last, cached prefix) against the same run
+    with the prefix recomputed every batch: the same losses up to bf16 rounding."""
+    from accelerate.state import AcceleratorState
+
+    def run(limit_gb: float) -> dict:
+        AcceleratorState._reset_state(True)  # a fresh bf16 accelerator, whatever ran before
+        acc = Accelerator(mixed_precision="bf16")
+        torch.manual_seed(0)
+        models = {k: build_model("resnet18-cifar", 10, 1).to(acc.device).eval() for k in ("Ad", "Af", "An")}  # fmt: skip
+        cfg = UnlearnConfig(optimizer="sgd", lr=0.01, batch_size=16, inner_steps=2, epochs=2,
+                            prefix_cache_gb=limit_gb)  # fmt: skip
+        try:
+            return unlearn(models, tiny_data(64, 32, 16), cfg, freeze=(1, 2), seed=0, accelerator=acc).losses  # fmt: skip
+        finally:
+            AcceleratorState._reset_state(True)
+
+    cached, plain = run(4.0), run(0.0)
+    for k in plain:
+        torch.testing.assert_close(cached[k], plain[k], rtol=2e-2, atol=1e-3)
