@@ -105,7 +105,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--no-pretrain", action="store_true", help="fail instead of training missing models"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_unused_options(parser, args)
+    return args
+
+
+# Options that a --method other than kga does not use (retrain uses none of the training ones).
+KGA_ONLY = ("preset", "optimizer", "eps", "ratio", "inner_steps", "direction", "reduction",
+            "no_cache_teachers", "prefix_cache_gb", "compile", "impl")  # fmt: skip
+TRAINING = ("lr", "momentum", "weight_decay", "batch_size", "epochs", "freeze")
+
+
+def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """UserError for an option the chosen method would ignore: asking for something and
+    silently not getting it is worse than an error."""
+    unused = (
+        () if args.method == "kga" else KGA_ONLY + (TRAINING if args.method == "retrain" else ())
+    )
+    given = [d for d in unused if getattr(args, d) != parser.get_default(d)]
+    if given:
+        flags = ", ".join(
+            "--retain-ratio" if d == "ratio" else "--" + d.replace("_", "-") for d in given
+        )
+        raise UserError(f"--method {args.method} does not use {flags}: drop {'it' if len(given) == 1 else 'them'}")  # fmt: skip
 
 
 def unlearn_config(args: argparse.Namespace):

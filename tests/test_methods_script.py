@@ -22,7 +22,8 @@ from kga_fast.run import open_run
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "unlearn.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-SMALL = ["--train-subset", "64", "--test-subset", "40", "--batch-size", "16", "--freeze", "1,2,3"]
+SMALL = ["--train-subset", "64", "--test-subset", "40"]
+TRAIN = ["--batch-size", "16", "--freeze", "1,2,3", "--epochs", "1"]  # not for retrain
 
 pytestmark = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -49,7 +50,7 @@ def unlearn(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
 def test_methods_share_one_results_file_and_report(tmp_path):
     run_dir = seeded_run(tmp_path / "run")
     for method in ("kga", "finetune", "gradient_ascent", "retrain"):
-        out = unlearn(run_dir, "--method", method, "--epochs", "1")
+        out = unlearn(run_dir, "--method", method, *([] if method == "retrain" else TRAIN))
         assert out.returncode == 0, out.stderr[-2000:]
     runs = json.loads((run_dir / "results.json").read_text())["runs"]
     assert sorted(r["method"] for r in runs) == ["finetune", "gradient_ascent", "kga", "retrain"]
@@ -72,9 +73,24 @@ def test_methods_share_one_results_file_and_report(tmp_path):
 
 def test_forget_classes_scenario_through_the_command(tmp_path):
     run_dir = seeded_run(tmp_path / "run", forget_classes=[3])
-    out = unlearn(run_dir, "--forget-classes", "3", "--method", "finetune", "--epochs", "1")
+    out = unlearn(run_dir, "--forget-classes", "3", "--method", "finetune", *TRAIN)
     assert out.returncode == 0, out.stderr[-2000:]
     splits = json.loads((run_dir / "splits.json").read_text())
     assert splits["options"]["forget_classes"] == [3]
-    other = unlearn(run_dir, "--method", "finetune", "--epochs", "1")  # no --forget-classes
+    other = unlearn(run_dir, "--method", "finetune", *TRAIN)  # no --forget-classes
     assert other.returncode == 2 and "error:" in other.stderr
+
+
+def test_options_a_method_does_not_use_are_refused(tmp_path):
+    run_dir = seeded_run(tmp_path / "run")
+    cases = {
+        ("--method", "finetune", "--inner-steps", "3"): "--method finetune does not use --inner-steps",
+        ("--method", "scrub", "--preset", "paper", "--retain-ratio", "0.5"): "does not use --preset, --retain-ratio",
+        ("--method", "retrain", "--freeze", "1,2"): "--method retrain does not use --freeze",
+        ("--method", "retrain", "--epochs", "1"): "--method retrain does not use --epochs",
+    }  # fmt: skip
+    for args, message in cases.items():
+        out = unlearn(run_dir, *args)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-500:])
+        assert "Traceback" not in out.stderr
+    assert not (run_dir / "results.json").exists()
