@@ -12,6 +12,7 @@
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -42,6 +43,13 @@ def native_extensions():
     )
     # No -std flag: BuildExtension adds the standard the installed torch needs (C++20 for 2.14).
     cxx_flags = ["-O3", "-fdiagnostics-color=always"]
+    link_flags = []
+    # at::parallel_for is an OpenMP pragma inlined from ATen's headers: without -fopenmp the CPU
+    # kernels compile to one thread. Linking -fopenmp names libgomp.so.1, which resolves to the
+    # copy torch has already loaded (one OpenMP runtime, torch's thread settings).
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     extra = {"cxx": cxx_flags}
     if with_cuda:
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
@@ -51,6 +59,7 @@ def native_extensions():
             "kga_fast._C",
             [os.path.relpath(p, here) for p in cpp_sources + cuda_sources],
             extra_compile_args=extra,
+            extra_link_args=link_flags,
             define_macros=[("KGA_FAST_WITH_CUDA", "1")],
         )
         print(f"kga_fast: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME}, "
@@ -60,6 +69,7 @@ def native_extensions():
             "kga_fast._C",
             [os.path.relpath(p, here) for p in cpp_sources],
             extra_compile_args=extra,
+            extra_link_args=link_flags,
         )
         print("kga_fast: building CPU kernels only (no CUDA toolkit found)")
     return [ext], {"build_ext": BuildExtension}

@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -226,7 +227,20 @@ std::tuple<at::Tensor, at::Tensor> jsd_backward_cpu(const at::Tensor& grad_out, 
   return backward_cpu<false>(grad_out, p, q, at::Tensor(), stats, want_p, want_q);
 }
 
+// How many threads at::parallel_for really runs on for n one-item tasks: 1 for a build that
+// lost OpenMP (the pragma inside at::parallel_for is compiled in the extension, so without
+// -fopenmp every kernel here would silently run on one thread). Checked by tests/test_ops.py.
+int64_t parallel_threads(int64_t n) {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { seen |= uint64_t{1} << (at::get_thread_num() % 64); });
+  return __builtin_popcountll(seen.load());
+}
+
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kga_fast, m) {
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
+}
 
 TORCH_LIBRARY_IMPL(kga_fast, CPU, m) {
   m.impl("kl_rows", &forward_cpu<true>);

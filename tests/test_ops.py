@@ -8,6 +8,7 @@ CUDA cases skip without a GPU; bench/gpu_check.sh runs them (`pytest -m cuda`).
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -197,6 +198,32 @@ def test_frozen_teacher_gets_no_gradient_work():
         torch.ones(4), p, q, out, stats, True, False
     )
     assert dp.shape == p.shape and dq.numel() == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_cpu_kernels_run_on_all_threads():
+    """The CPU kernels split rows with at::parallel_for, whose OpenMP pragma is compiled into
+    the extension: a build without -fopenmp runs them on one thread (half speed here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.ops.kga_fast.parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    p, q = logits(64, 5000), logits(64, 5000, seed=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [ops.kl_rows(p, q), ops.jsd_rows(p, q)]
+        torch.set_num_threads(max(2, threads))
+        many = [ops.kl_rows(p, q), ops.jsd_rows(p, q)]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a, b)  # rows are independent: bitwise the same
 
 
 @pytest.mark.parametrize("device", DEVICES)
