@@ -144,6 +144,21 @@ def load_state(accelerator: Accelerator, state_dir: Path) -> dict | None:
     return json.loads((state_dir / PROGRESS_FILE).read_text())
 
 
+def resume(accelerator: Accelerator, state_dir: Path | None, key: dict) -> dict | None:
+    """The progress saved in `state_dir` by a run with the same `key` (models, optimizer and RNG
+    restored), None when there is nothing to resume; UserError for another run's state."""
+    saved = load_state(accelerator, state_dir) if state_dir is not None else None
+    if saved is not None and saved.get("key") != key:
+        raise UserError(f"{state_dir} holds the state of another configuration; delete it to start over")  # fmt: skip
+    return saved
+
+
+def synchronize(accelerator: Accelerator) -> None:
+    """Wait for the device's queued work: honest timing on CUDA, nothing on the CPU."""
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)
+
+
 def clear_state(accelerator: Accelerator, state_dir: Path) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

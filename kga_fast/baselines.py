@@ -23,7 +23,6 @@ mode, and there is no augmentation. Time counts teacher caching and the epochs, 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -39,10 +38,9 @@ from kga_fast.checkpoint import model_shape
 from kga_fast.data import DeviceLoader
 from kga_fast.errors import UserError
 from kga_fast.evaluate import predict
-from kga_fast.freeze import apply_freeze
 from kga_fast.losses import kl_rows
 from kga_fast.models import StagedNet
-from kga_fast.unlearn import UnlearnData, UnlearnResult, stream_seed
+from kga_fast.unlearn import UnlearnData, UnlearnResult, start_from_ad, stream_seed
 
 METHODS = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "scrub")
 TRAINED = ("finetune", "gradient_ascent", "random_label", "scrub")  # what unlearn_baseline runs
@@ -162,9 +160,7 @@ def unlearn_baseline(
         else None
     )
 
-    raw = copy.deepcopy(models["Ad"]).float()  # A* starts as A_d
-    apply_freeze(raw.requires_grad_(True), freeze)
-    raw = accel.to_train_layout(raw, accelerator)
+    raw = start_from_ad(models, freeze, accelerator)
     params = [p for p in raw.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -173,10 +169,6 @@ def unlearn_baseline(
     key = baseline_config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
                                       "mixed_precision": str(accelerator.mixed_precision)}  # fmt: skip
     progress = {"epoch": 0, "seconds": 0.0, "losses": {}, "key": key}
-
-    def sync() -> None:  # honest timing on CUDA
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     def run_pass(dl: DeviceLoader, name: str, loss_of, epoch: int, bar) -> None:
         """One pass over `dl`, an optimizer step per batch; records the pass's mean loss."""
@@ -221,10 +213,7 @@ def unlearn_baseline(
     }[method]
 
     try:
-        saved = accel.load_state(accelerator, state_dir) if state_dir is not None else None
-        if saved is not None and saved.get("key") != key:
-            raise UserError(f"{state_dir} holds the state of another configuration; delete it to start over")  # fmt: skip
-        progress = saved or progress
+        progress = accel.resume(accelerator, state_dir, key) or progress
         start_epoch, losses = progress["epoch"], progress["losses"]
         t0 = time.perf_counter()
         if method == "scrub":  # A_d's logits on D_r and D_f, on the device
@@ -234,7 +223,7 @@ def unlearn_baseline(
                 ).to(device)  # fmt: skip
                 for split, images in (("retain", data.retain), ("forget", data.forget))
             }
-        sync()
+        accel.synchronize(accelerator)
         cache_seconds = time.perf_counter() - t0
         seconds = progress["seconds"] + cache_seconds
         total_steps = sum(
@@ -250,7 +239,7 @@ def unlearn_baseline(
             for dl, name, loss_of, until in passes:
                 if epoch < until:
                     run_pass(dl, name, loss_of, epoch, bar)
-            sync()
+            accel.synchronize(accelerator)
             seconds += time.perf_counter() - t0
             if state_dir is not None and epoch + 1 < cfg.epochs:
                 progress.update(epoch=epoch + 1, seconds=seconds, losses=losses)

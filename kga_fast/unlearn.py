@@ -149,6 +149,14 @@ def _endless(loader: DeviceLoader, start: int) -> Iterator[tuple[torch.Tensor, .
         epoch, skip = epoch + 1, 0
 
 
+def start_from_ad(models: dict[str, StagedNet], freeze: tuple[int, ...], accelerator) -> StagedNet:
+    """A* as every method starts it: a float32 copy of A_d with the 1-based blocks `freeze`
+    frozen, in the accelerator's training memory format."""
+    raw = copy.deepcopy(models["Ad"]).float()
+    apply_freeze(raw.requires_grad_(True), freeze)
+    return accel.to_train_layout(raw, accelerator)
+
+
 def _make_optimizer(cfg: UnlearnConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -194,24 +202,15 @@ def unlearn(
     n_batches = len(retain_dl)
     steps_per_epoch = math.ceil(n_batches / cfg.inner_steps)
 
-    raw = copy.deepcopy(models["Ad"]).float()  # A* starts as A_d
-    apply_freeze(raw.requires_grad_(True), freeze)
-    raw = accel.to_train_layout(raw, accelerator)
+    raw = start_from_ad(models, freeze, accelerator)
     optimizer = _make_optimizer(cfg, [p for p in raw.parameters() if p.requires_grad])
     student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
     key = config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
                              "mixed_precision": str(accelerator.mixed_precision)}  # fmt: skip
     progress = {"epoch": 0, "seconds": 0.0, "losses": {"retain": [], "align": []}, "key": key}
 
-    def sync() -> None:  # honest timing on CUDA
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     try:
-        saved = accel.load_state(accelerator, state_dir) if state_dir is not None else None
-        if saved is not None and saved.get("key") != key:
-            raise UserError(f"{state_dir} holds the state of another configuration; delete it to start over")  # fmt: skip
-        progress = saved or progress
+        progress = accel.resume(accelerator, state_dir, key) or progress
         start_epoch, losses = progress["epoch"], progress["losses"]
         t0 = time.perf_counter()
         teachers = {k: models[k] for k in ("Ad", "Af", "An")}
@@ -219,7 +218,7 @@ def unlearn(
         prefix = PrefixCache(raw, data, accelerator, cfg.prefix_cache_gb)
         if prefix.skipped:
             accelerator.print(f"note: {prefix.skipped}")
-        sync()
+        accel.synchronize(accelerator)
         cache_seconds = time.perf_counter() - t0
         seconds = progress["seconds"] + cache_seconds
         forget_it = _endless(forget_dl, start_epoch * steps_per_epoch)
@@ -268,7 +267,7 @@ def unlearn(
             epoch_means = accelerator.reduce(epoch_means, "mean") if world > 1 else epoch_means
             losses["retain"].append(epoch_means[0].item())
             losses["align"].append(epoch_means[1].item())
-            sync()
+            accel.synchronize(accelerator)
             seconds += time.perf_counter() - t0
             if state_dir is not None and epoch + 1 < cfg.epochs:
                 progress.update(epoch=epoch + 1, seconds=seconds, losses=losses)
