@@ -97,18 +97,15 @@ class PrefixCache:
                     out[idx] = h
             return out
 
-        was_training = student.training
-        student.eval()  # the frozen prefix is in eval mode anyway; this only makes it explicit
-        try:
-            probe = features(data.retain[:1])  # (1, C', H', W')
-            need = probe.element_size() * probe.numel() * (len(data.retain) + len(data.forget))
-            if need > limit_gb * 2**30:
-                self.skipped = (f"the frozen-prefix cache would need {need / 2**30:.1f} GiB, more than "
-                                f"its limit of {limit_gb:g} GiB (--prefix-cache-gb): the prefix runs every batch")  # fmt: skip
-                return
-            self.sets = {"retain": features(data.retain), "forget": features(data.forget)}
-        finally:
-            student.train(was_training)
+        # Frozen blocks are always in eval mode (StagedNet.train), so these are the features
+        # every training step would compute.
+        probe = features(data.retain[:1])  # (1, C', H', W')
+        need = probe.element_size() * probe.numel() * (len(data.retain) + len(data.forget))
+        if need > limit_gb * 2**30:
+            self.skipped = (f"the frozen-prefix cache would need {need / 2**30:.1f} GiB, more than "
+                            f"its limit of {limit_gb:g} GiB (--prefix-cache-gb): the prefix runs every batch")  # fmt: skip
+            return
+        self.sets = {"retain": features(data.retain), "forget": features(data.forget)}
 
     def inputs(self, name: str, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(images x, 0), or (the cached features of positions idx, start)."""
