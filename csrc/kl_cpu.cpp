@@ -94,40 +94,39 @@ class RowWriter {
 // Rows per parallel task: enough elements that a task outweighs its scheduling cost.
 int64_t grain(int64_t c) { return std::max<int64_t>(1, 32768 / c); }
 
-template <typename A>
-void kl_forward(const RowReader& rp, const RowReader& rq, int64_t n, int64_t c, A* out, A* stats) {
+// One row loop for both forwards: `row_fwd(a, b, i)` computes row i from its two logit rows.
+template <typename A, typename RowFwd>
+void forward_rows(const RowReader& rp, const RowReader& rq, int64_t n, int64_t c, const RowFwd& row_fwd) {
   at::parallel_for(0, n, grain(c), [&](int64_t begin, int64_t end) {
     std::vector<A> sa, sb;
-    for (int64_t i = begin; i < end; ++i) {
-      const A* a = rp.row(i, sa);
-      const A* b = rq.row(i, sb);
-      A* st = stats + i * kKlStats;
-      A sums[3];  // Z_a, Z_b, S
-      row_max2(a, b, c, &st[0], &st[2]);
-      kl_sums(a, b, c, st[0], st[2], sums);
-      st[1] = std::log(sums[0]);
-      st[3] = std::log(sums[1]);
-      out[i] = sums[2] / sums[0] - st[1] + st[3];
-    }
+    for (int64_t i = begin; i < end; ++i) row_fwd(rp.row(i, sa), rq.row(i, sb), i);
+  });
+}
+
+template <typename A>
+void kl_forward(const RowReader& rp, const RowReader& rq, int64_t n, int64_t c, A* out, A* stats) {
+  forward_rows<A>(rp, rq, n, c, [&](const A* a, const A* b, int64_t i) {
+    A* st = stats + i * kKlStats;
+    A sums[3];  // Z_a, Z_b, S
+    row_max2(a, b, c, &st[0], &st[2]);
+    kl_sums(a, b, c, st[0], st[2], sums);
+    st[1] = std::log(sums[0]);
+    st[3] = std::log(sums[1]);
+    out[i] = sums[2] / sums[0] - st[1] + st[3];
   });
 }
 
 template <typename A>
 void jsd_forward(const RowReader& rp, const RowReader& rq, int64_t n, int64_t c, A* out, A* stats) {
-  at::parallel_for(0, n, grain(c), [&](int64_t begin, int64_t end) {
-    std::vector<A> sa, sb;
-    for (int64_t i = begin; i < end; ++i) {
-      const A* a = rp.row(i, sa);
-      const A* b = rq.row(i, sb);
-      A* st = stats + i * kJsdStats;
-      A z[2];
-      row_max2(a, b, c, &st[0], &st[2]);
-      z_sums(a, b, c, st[0], st[2], z);
-      st[1] = std::log(z[0]);
-      st[3] = std::log(z[1]);
-      jsd_sums(a, b, c, st, &st[4]);
-      out[i] = A(0.5) * (st[4] + st[5]);
-    }
+  forward_rows<A>(rp, rq, n, c, [&](const A* a, const A* b, int64_t i) {
+    A* st = stats + i * kJsdStats;
+    A z[2];
+    row_max2(a, b, c, &st[0], &st[2]);
+    z_sums(a, b, c, st[0], st[2], z);
+    st[1] = std::log(z[0]);
+    st[3] = std::log(z[1]);
+    jsd_sums(a, b, c, st, &st[4]);
+    out[i] = A(0.5) * (st[4] + st[5]);
   });
 }
 
