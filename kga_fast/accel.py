@@ -165,3 +165,28 @@ def clear_state(accelerator: Accelerator, state_dir: Path) -> None:
         for suffix in ("", ".tmp", ".old"):
             shutil.rmtree(Path(str(state_dir) + suffix), ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def reset_peak_memory(accelerator: Accelerator) -> None:
+    """Start a new peak for `peak_memory`: CUDA's max allocated, or the process's peak RSS
+    (Linux resets VmHWM when "5" is written to /proc/self/clear_refs)."""
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak then counts from the process's start, as `peak_memory` says
+
+
+def peak_memory(accelerator: Accelerator) -> dict:
+    """{"bytes", "kind"} since `reset_peak_memory`: "cuda_max_allocated" on a GPU, "cpu_peak_rss"
+    (this process's VmHWM) on the CPU; {"bytes": None, ...} where neither can be read."""
+    if accelerator.device.type == "cuda":
+        return {"bytes": int(torch.cuda.max_memory_allocated(accelerator.device)), "kind": "cuda_max_allocated"}  # fmt: skip
+    try:
+        status = Path("/proc/self/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        return {"bytes": kib * 1024, "kind": "cpu_peak_rss"}
+    except (OSError, StopIteration, ValueError):
+        return {"bytes": None, "kind": "cpu_peak_rss"}

@@ -100,13 +100,19 @@ def check_baseline_config(cfg: BaselineConfig) -> BaselineConfig:
     return cfg
 
 
-def retrain_seconds(run_dir: str | Path) -> float:
-    """A_r's training time from models/Ar.json: the cost of exact unlearning by retraining."""
-    path = Path(run_dir) / "models" / "Ar.json"
+def train_seconds(run_dir: str | Path, name: str) -> float:
+    """A pretrained model's training time from models/<name>.json (A_r's is the cost of exact
+    unlearning by retraining; A_f's and A_n's are part of KGA's cost)."""
+    path = Path(run_dir) / "models" / f"{name}.json"
     try:
         return float(json.loads(path.read_text())["train_seconds"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read A_r's train_seconds from {path}: {e}") from None
+        raise UserError(f"cannot read {name}'s train_seconds from {path}: {e}") from None
+
+
+def retrain_seconds(run_dir: str | Path) -> float:
+    """A_r's training time (models/Ar.json)."""
+    return train_seconds(run_dir, "Ar")
 
 
 def retrain(models: dict[str, StagedNet], run_dir: str | Path) -> UnlearnResult:

@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kga_fast.data import DATASETS
 from kga_fast.errors import UserError
 from kga_fast.models import ARCHS
-
-DATASETS = ("fashion-mnist", "cifar10", "cifar100")
+from kga_fast.splits import HELPER_RECIPES
 
 
 @dataclass
@@ -69,7 +69,13 @@ class RunConfig:
     new_fraction: float = 0.1  # share of the test set that is D_n (paper: 10%)
     train_subset: int | None = None  # use a seeded random subset of the train set of this size
     test_subset: int | None = None  # likewise for the test set
+    helpers: str = "disjoint"  # what A_f / A_n train on: disjoint | shared | matched (splits.py)
+    shared_fraction: float = 0.05  # helpers "shared": |S| as a share of the train set
     mixed_precision: str | None = None  # no | fp16 | bf16 (None: accelerate's config / env)
+    model: str | None = None  # your trained model's weights file, used as A_d (kga_fast.user_model)
+    image_size: int = 32  # folder datasets: images are resized to this once
+    forget_list: str | None = None  # folder datasets: forget these files (paths under DIR/train)
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) per channel
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def split_options(self) -> dict:
@@ -80,6 +86,10 @@ class RunConfig:
             new_fraction=self.new_fraction,
             train_subset=self.train_subset,
             test_subset=self.test_subset,
+            helpers=self.helpers,
+            shared_fraction=self.shared_fraction,
+            forget_list=self.forget_list,
+            normalize=self.normalize,
         )
 
 
@@ -90,6 +100,28 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "unit": ((0.0,), (1.0,)),  # plain [0, 1] pixels, any channel count
+}
+
+
+def _normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if text in NORMALIZATIONS:
+        return NORMALIZATIONS[text]
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or len(values) % 2 or any(v <= 0 for v in values[len(values) // 2 :]):
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(NORMALIZATIONS)} or C means then C positive stds, got {text!r}"
+        )
+    half = len(values) // 2
+    return tuple(values[:half]), tuple(values[half:])
 
 
 def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
@@ -124,6 +156,14 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
         default=d.forget_index_file,
         help="forget these train indices (.json/.npy/.txt)",
     )
+    g.add_argument("--forget-list", default=d.forget_list, metavar="FILE",
+                   help="--dataset folder: forget these images, one path per line relative to DIR/train")  # fmt: skip
+    g.add_argument("--image-size", type=int, default=d.image_size,
+                   help="--dataset folder: resize every image to this size once (default 32)")  # fmt: skip
+    g.add_argument("--normalize", type=_normalization, default=d.normalize, metavar="MEAN,STD",
+                   help="the normalization your model was trained with: imagenet, cifar10, unit "
+                   "([0, 1] pixels), or C means then C stds, e.g. 0.5,0.5 (default: the dataset's "
+                   "train statistics)")  # fmt: skip
     g.add_argument(
         "--new-fraction",
         type=float,
@@ -143,12 +183,29 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
         help="use a random test subset of this size",
     )
     g.add_argument(
+        "--helpers",
+        choices=HELPER_RECIPES,
+        default=d.helpers,
+        help="what A_f and A_n train on: disjoint (D_f, D_n: the CNN paper), shared (D_f + S, "
+        "D_n + S: the original KGA code), matched (|D_n| images of D_f, and D_n: one size, one "
+        "schedule)",
+    )
+    g.add_argument(
+        "--shared-fraction",
+        type=float,
+        default=d.shared_fraction,
+        help="--helpers shared: size of the shared slice S of D_r, as a share of the train set",
+    )
+    g.add_argument(
         "--mixed-precision",
         choices=["no", "fp16", "bf16"],
         default=d.mixed_precision,
         help="autocast precision (default: accelerate's config)",
     )
     p = parser.add_argument_group("pretraining of A_d, A_f, A_n, A_r")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="your trained model as A_d (safetensors or torch.save(state_dict) of a "
+                   "torchvision resnet18 / vgg11, or of our -cifar variants): not trained")  # fmt: skip
     p.add_argument("--pretrain-preset", choices=sorted(PRETRAIN_PRESETS), default=d.pretrain.preset)
     p.add_argument("--pretrain-epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument(
@@ -182,6 +239,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
                     f"--pretrain-{name.replace('_', '-')} must be positive, got {value}"
                 )
             setattr(pre, name, value)
+    for name in ("train_subset", "test_subset"):
+        value = getattr(args, name)
+        if value is not None and value < 2:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 2, got {value}")
     run_dir = (
         args.run_dir if args.run_dir is not None else Path("runs") / f"{args.dataset}-{args.arch}"
     )
@@ -198,6 +259,12 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         new_fraction=args.new_fraction,
         train_subset=args.train_subset,
         test_subset=args.test_subset,
+        helpers=args.helpers,
+        shared_fraction=args.shared_fraction,
         mixed_precision=args.mixed_precision,
+        model=args.model,
+        image_size=args.image_size,
+        forget_list=args.forget_list,
+        normalize=args.normalize,
         pretrain=pre,
     )

@@ -7,6 +7,7 @@ per-image DataLoader; `load_dataset` gives the same normalized images as a plain
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 from collections.abc import Iterator, Sequence
@@ -18,8 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 from kga_fast.errors import UserError
+from kga_fast.folder import channel_stats, read_image_folder
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")  # folder: your ImageFolder tree
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "kga_fast" / "data"  # where --download puts data
 NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -43,6 +45,7 @@ class ImageSet:
     num_classes: int
     mean: tuple[float, ...]  # per channel, pixel scale [0, 1]
     std: tuple[float, ...]
+    paths: list[str] | None = None  # folder datasets: each image's path relative to its split
 
     @property
     def in_channels(self) -> int:
@@ -137,14 +140,36 @@ def _cifar(
     return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets)
 
 
+@functools.lru_cache(maxsize=1)  # the train and test sets of one folder are read in one pass
+def _folder(root: Path, image_size: int) -> dict:
+    return read_image_folder(root, image_size)
+
+
+def _folder_set(root: Path | None, train: bool, image_size: int) -> ImageSet:
+    if root is None:
+        raise UserError("--dataset folder needs --data-dir DIR (with DIR/train/<class>/ and DIR/test/<class>/)")  # fmt: skip
+    tree = _folder(root.resolve(), image_size)
+    images, labels, paths = tree["train" if train else "test"]
+    mean, std = channel_stats(tree["train"][0])  # the train split's statistics, for both splits
+    return ImageSet("folder", torch.from_numpy(images), torch.from_numpy(labels),
+                    len(tree["classes"]), mean, std, paths)  # fmt: skip
+
+
 def load_images(
-    name: str, root: str | Path | None = None, train: bool = True, download: bool = False
+    name: str,
+    root: str | Path | None = None,
+    train: bool = True,
+    download: bool = False,
+    image_size: int = 32,
 ) -> ImageSet:
     """The whole train (or test) set as uint8 tensors. `root` None means the dataset's default
-    folder: /usr/share/datasets/fashion-mnist, or ~/.cache/kga_fast/data for CIFAR."""
+    folder: /usr/share/datasets/fashion-mnist, or ~/.cache/kga_fast/data for CIFAR; "folder"
+    reads root/train and root/test (kga_fast.folder), resized to `image_size`."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root).expanduser() if root is not None else None
+    if name == "folder":
+        return _folder_set(root, train, image_size)
     if name == "fashion-mnist":
         images, labels = _fashion_mnist(root, train, download)
     else:

@@ -22,7 +22,7 @@ from kga_fast.errors import UserError
 
 IMPLS = ("auto", "fused", "reference")
 DIRECTIONS = ("student_first", "teacher_first")
-REDUCTIONS = ("pair", "batch")
+REDUCTIONS = ("pair", "batch", "sorted")
 
 
 @torch.compiler.assume_constant_result
@@ -81,7 +81,8 @@ def jsd_rows(
     return reference.jsd_rows(p_logits, q_logits)
 
 
-def _directed_kl(student, teacher, direction: str, impl: str | None) -> torch.Tensor:
+def directed_kl(student, teacher, direction: str, impl: str | None = None) -> torch.Tensor:
+    """(N,) KL(student || teacher) (student_first, the paper) or KL(teacher || student)."""
     if direction == "student_first":
         return kl_rows(student, teacher, impl=impl)
     if direction == "teacher_first":
@@ -101,15 +102,21 @@ def alignment_loss(
     """L_a: |KL(A*(y) || A_f(y)) - gap| with gap = KL(A_d(z) || A_n(z)) on the paired D_n batch.
 
     reduction="pair": mean_i |KL_i - gap_i| (paper eq. 2, gap of shape (N,));
-    reduction="batch": |mean_i KL_i - mean_j gap_j| (the original KGA code).
+    reduction="batch": |mean_i KL_i - mean_j gap_j| (the original KGA code);
+    reduction="sorted": mean_k |KL_(k) - gap_(k)| over the sorted values (the k-th smallest KL
+    against the k-th smallest gap): the 1-D Wasserstein distance between the two batches' gaps,
+    so that the distribution of KL(A* || A_f) on D_f is matched to that of the gaps on D_n, not
+    one statistic of it (pair is minimized near the gaps' median, batch at their mean).
     """
-    kl = _directed_kl(student_logits, teacher_logits, direction, impl)
+    kl = directed_kl(student_logits, teacher_logits, direction, impl)
     gap = gap.detach().to(kl.dtype)
-    if reduction == "pair":
+    if reduction in ("pair", "sorted"):
         if gap.shape != kl.shape:
             raise ValueError(
-                f"reduction='pair' needs one gap per row: gap {tuple(gap.shape)} vs {tuple(kl.shape)}"
+                f"reduction={reduction!r} needs one gap per row: gap {tuple(gap.shape)} vs {tuple(kl.shape)}"
             )
+        if reduction == "sorted":  # the gradient reaches each KL through its rank's position
+            kl, gap = kl.sort().values, gap.sort().values
         return (kl - gap).abs().mean()
     if reduction == "batch":
         if gap.dim() != 1 or gap.numel() == 0:
@@ -128,4 +135,4 @@ def retain_loss(
     impl: str | None = None,
 ) -> torch.Tensor:
     """L_r: mean_i KL(A*(x) || A_d(x)) (paper eq. 3), or teacher-first (the original code)."""
-    return _directed_kl(student_logits, teacher_logits, direction, impl).mean()
+    return directed_kl(student_logits, teacher_logits, direction, impl).mean()

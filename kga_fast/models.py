@@ -75,7 +75,7 @@ class StagedNet(nn.Module):
         return self
 
 
-def _resnet18(num_classes: int, in_channels: int, cifar: bool) -> StagedNet:
+def _resnet18(num_classes: int, in_channels: int, cifar: bool) -> tuple[StagedNet, nn.Module]:
     net = tvm.resnet18(num_classes=num_classes)
     if cifar:  # 3x3 stride-1 stem, no max-pool: keeps 32x32 inputs at full resolution
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -85,14 +85,14 @@ def _resnet18(num_classes: int, in_channels: int, cifar: bool) -> StagedNet:
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     blocks = [net.layer1, net.layer2, net.layer3, net.layer4]
     head = nn.Sequential(net.avgpool, nn.Flatten(1), net.fc)
-    return StagedNet("resnet18-cifar" if cifar else "resnet18", stem, blocks, head)
+    return StagedNet("resnet18-cifar" if cifar else "resnet18", stem, blocks, head), net
 
 
-def _vgg11(num_classes: int, in_channels: int, cifar: bool) -> StagedNet:
+def _vgg11(num_classes: int, in_channels: int, cifar: bool) -> tuple[StagedNet, nn.Module]:
     net = tvm.vgg11_bn(num_classes=num_classes) if cifar else tvm.vgg11(num_classes=num_classes)
-    features = list(net.features)
     if in_channels != 3:
-        features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
+        net.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
+    features = list(net.features)
     # A block is one conv with what follows it up to the next conv (BN, ReLU, max-pool).
     starts = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
     ends = starts[1:] + [len(features)]
@@ -101,18 +101,23 @@ def _vgg11(num_classes: int, in_channels: int, cifar: bool) -> StagedNet:
         head = nn.Sequential(nn.Flatten(1), nn.Linear(512, num_classes))
     else:
         head = nn.Sequential(net.avgpool, nn.Flatten(1), net.classifier)
-    return StagedNet("vgg11-bn-cifar" if cifar else "vgg11", nn.Identity(), blocks, head)
+    return StagedNet("vgg11-bn-cifar" if cifar else "vgg11", nn.Identity(), blocks, head), net
 
 
-def build_model(arch: str, num_classes: int, in_channels: int = 3) -> StagedNet:
-    """A freshly initialised model. Inputs are (N, in_channels, 32, 32) images."""
+def build_with_torchvision(arch: str, num_classes: int, in_channels: int = 3):
+    """(StagedNet, the torchvision module it is made of): the two share every parameter, so
+    weights loaded into the torchvision module under its own key names are the StagedNet's."""
     if arch not in ARCHS:
         raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if num_classes < 2 or in_channels < 1:
         raise UserError(f"bad model shape: num_classes={num_classes}, in_channels={in_channels}")
-    if arch.startswith("resnet18"):
-        return _resnet18(num_classes, in_channels, cifar=arch.endswith("-cifar"))
-    return _vgg11(num_classes, in_channels, cifar=arch.endswith("-cifar"))
+    build = _resnet18 if arch.startswith("resnet18") else _vgg11
+    return build(num_classes, in_channels, cifar=arch.endswith("-cifar"))
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3) -> StagedNet:
+    """A freshly initialised model. Inputs are (N, in_channels, 32, 32) images."""
+    return build_with_torchvision(arch, num_classes, in_channels)[0]
 
 
 def block_names(arch: str) -> list[str]:

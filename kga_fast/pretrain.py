@@ -25,6 +25,7 @@ from kga_fast.errors import UserError
 from kga_fast.evaluate import classification_metrics, predict
 from kga_fast.models import StagedNet, build_model
 from kga_fast.run import TRAINED_ON, Run
+from kga_fast.user_model import load_user_model
 
 MODEL_NAMES = ("Ad", "Af", "An", "Ar")
 DESCRIPTION = {"Ad": "A_d on D", "Af": "A_f on D_f", "An": "A_n on D_n", "Ar": "A_r on D_r"}
@@ -134,6 +135,8 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
             {
                 "dataset": cfg.dataset,
                 "split": list(TRAINED_ON[name]),
+                "images": len(images),
+                "helpers": run.splits.options.get("helpers", "disjoint"),
                 "epochs": epochs,
                 "config": dataclasses.asdict(pre),
                 "seed": cfg.seed,
@@ -177,6 +180,8 @@ def ensure_pretrained(
     Returned on the accelerator's device, in eval mode, with requires_grad off (frozen teachers).
     """
     cfg = run.cfg
+    if cfg.model is not None:
+        import_ad(run, accelerator)
     models = {}
     for name in names:
         if name not in MODEL_NAMES:
@@ -199,3 +204,35 @@ def ensure_pretrained(
         )
         models[name] = model.eval().requires_grad_(False)
     return models
+
+
+def import_ad(run: Run, accelerator: Accelerator) -> None:
+    """The user's model (`run.cfg.model`) as A_d of the run folder: checked against the dataset,
+    its D_t accuracy printed and recorded before anything is unlearned (a wrong --normalize shows
+    at once), saved as models/Ad. A folder whose A_d came from another file is refused."""
+    cfg = run.cfg
+    model, info = load_user_model(cfg.model, arch=cfg.arch)
+    if (info["num_classes"], info["in_channels"]) != (run.num_classes, run.in_channels):
+        raise UserError(
+            f"{cfg.model} has {info['num_classes']} classes and {info['in_channels']} input channels; "
+            f"the dataset has {run.num_classes} and {run.in_channels}"
+        )
+    if has_model(cfg.run_dir, "Ad"):
+        _, meta = load_model(cfg.run_dir, "Ad")
+        if meta.get("sha256") != info["sha256"]:
+            raise UserError(f"{cfg.run_dir} holds an A_d that is not {cfg.model}: use a new run folder")  # fmt: skip
+        return
+    test_images, test_labels = run.subset("test")
+    logits = predict(model.to(accelerator.device), test_images, mean=run.train.mean,
+                     std=run.train.std, accelerator=accelerator)  # fmt: skip
+    metrics = classification_metrics(logits, test_labels, run.num_classes)
+    accelerator.print(
+        f"[Ad] your model {cfg.model}: held-out D_t accuracy {metrics['accuracy']:.4f}, macro-F1 "
+        f"{metrics['f1']:.4f} (normalization mean {run.train.mean}, std {run.train.std})"
+    )
+    if accelerator.is_main_process:
+        meta = {"dataset": cfg.dataset, "split": list(TRAINED_ON["Ad"]), "imported": True, **info,
+                "normalize": {"mean": list(run.train.mean), "std": list(run.train.std)},
+                "test_accuracy": metrics["accuracy"], "test_f1": metrics["f1"]}  # fmt: skip
+        save_model(cfg.run_dir, "Ad", model, meta)
+    accelerator.wait_for_everyone()

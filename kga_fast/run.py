@@ -6,17 +6,24 @@ images, labels = run.subset("retain")   # uint8 (N, C, 32, 32), int64 (N,)
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from kga_fast.config import RunConfig
 from kga_fast.data import ImageSet, load_images
+from kga_fast.errors import UserError
 from kga_fast.splits import Splits, load_or_create_splits
 
-SUBSETS = ("forget", "retain", "new", "test")
-# Which model is trained on which subsets of the train (D) and test sets.
-TRAINED_ON = {"Ad": ("forget", "retain"), "Af": ("forget",), "An": ("new",), "Ar": ("retain",)}
+SUBSETS = ("forget", "retain", "new", "test", "helper_forget", "shared")
+IN_TEST_SET = ("new", "test")  # the others index the train set
+# Which model is trained on which subsets of the train (D) and test sets: helper_forget is
+# D_f or the part of it A_f trains on, shared the slice S of D_r (both per --helpers).
+TRAINED_ON = {"Ad": ("forget", "retain"), "Af": ("helper_forget", "shared"),
+              "An": ("new", "shared"), "Ar": ("retain",)}  # fmt: skip
 
 
 @dataclass
@@ -43,32 +50,50 @@ class Run:
             f"mixed precision {accelerator.mixed_precision}"
         )
 
-    def indices(self, *names: str) -> list[int]:
-        """Indices of the union of the named subsets, into the train or the test set."""
-        out: list[int] = []
-        for name in names:
-            if name not in SUBSETS:
-                raise ValueError(f"unknown subset {name!r}")
-            out += getattr(self.splits, name)
-        return sorted(out)
+    def indices(self, name: str) -> list[int]:
+        """Sorted indices of one subset, into the train set or (IN_TEST_SET) the test set."""
+        if name not in SUBSETS:
+            raise ValueError(f"unknown subset {name!r}")
+        if name == "helper_forget" and self.splits.helper_forget is None:
+            return self.splits.forget  # A_f trains on all of D_f
+        return getattr(self.splits, name)
 
     def subset(self, *names: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images uint8 (N, C, H, W), labels int64 (N,)) of the union of the named subsets."""
-        in_train = {n in ("forget", "retain") for n in names}
-        if len(in_train) != 1:
-            raise ValueError(f"cannot mix train and test subsets: {names}")
-        source = self.train if in_train.pop() else self.test
-        idx = torch.tensor(self.indices(*names), dtype=torch.long)
-        return source.images[idx], source.labels[idx]
+        """(images uint8 (N, C, H, W), labels int64 (N,)) of the named subsets: the train set's
+        images first, in index order, then the test set's (A_n's D_n + S mixes the two)."""
+        parts = []
+        for source, in_test in ((self.train, False), (self.test, True)):
+            idx = sorted({i for n in names if (n in IN_TEST_SET) == in_test for i in self.indices(n)})  # fmt: skip
+            idx = torch.tensor(idx, dtype=torch.long)
+            parts.append((source.images[idx], source.labels[idx]))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """UserError, before anything is read or written, for a run folder that cannot be made:
+    its nearest existing ancestor must be a folder we may write in."""
+    parent = Path(os.path.abspath(run_dir))
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the run folder {run_dir}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) and parent != Path(os.path.abspath(run_dir)):
+        raise UserError(f"cannot create the run folder {run_dir}: {parent} is not writable")
 
 
 def open_run(cfg: RunConfig, accelerator=None) -> Run:
     """Load the datasets and the split of `cfg.run_dir` (created on first use, on the main process)."""
     distributed = accelerator is not None and accelerator.num_processes > 1
+    check_run_dir(cfg.run_dir)
     if distributed and cfg.download and not accelerator.is_main_process:
         accelerator.wait_for_everyone()  # let the main process download alone, then read its files
-    train = load_images(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
-    test = load_images(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
+    train = load_images(cfg.dataset, cfg.data_dir, train=True, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    test = load_images(cfg.dataset, cfg.data_dir, train=False, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    if cfg.normalize is not None:  # the model's own preprocessing instead of the dataset's
+        mean, std = (tuple(v) * (train.in_channels if len(v) == 1 else 1) for v in cfg.normalize)
+        if len(mean) != train.in_channels:
+            raise UserError(f"--normalize has {len(mean)} channel(s), the images have {train.in_channels}")  # fmt: skip
+        train, test = (dataclasses.replace(s, mean=mean, std=std) for s in (train, test))
     if distributed and cfg.download and accelerator.is_main_process:
         accelerator.wait_for_everyone()
 
@@ -79,6 +104,7 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
             train.labels,
             len(test.labels),
             seed=cfg.seed,
+            train_paths=train.paths,
             **cfg.split_options(),
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,19 @@ import torch
 
 from kga_fast.errors import UserError
 from kga_fast.files import write_json_atomic
+from kga_fast.folder import read_forget_list
 
 SPLITS_FILE = "splits.json"
 # Independent random streams, so that e.g. changing new_fraction keeps the same D_f.
-_TRAIN_SUBSET, _FORGET, _TEST_SUBSET, _NEW = range(4)
+_TRAIN_SUBSET, _FORGET, _TEST_SUBSET, _NEW, _HELPERS = range(5)
+# What the helper models A_f and A_n train on (the gaps KL(A* || A_f) on D_f and KL(A_d || A_n)
+# on D_n are comparable only when A_f is to D_f what A_n is to D_n):
+# - disjoint: A_f on D_f, A_n on D_n (the CNN paper);
+# - shared: A_f on D_f + S, A_n on D_n + S, S a seeded slice of D_r of shared_fraction of the
+#   train set (the original KGA code's sample_ratio, 0.05 in its README);
+# - matched: A_f on a seeded subsample F of D_f of |D_n| images, so that A_f and A_n see sets
+#   of one size under one schedule; KGA then aligns on F, the images A_f was trained on.
+HELPER_RECIPES = ("disjoint", "shared", "matched")
 
 
 @dataclass
@@ -35,6 +44,12 @@ class Splits:
     new: list[int]  # D_n
     test: list[int]  # D_t
     options: dict  # the split options that produced them, compared on reuse
+    helper_forget: list[int] | None = None  # what A_f trains on from D_f (None: all of D_f)
+    shared: list[int] = field(default_factory=list)  # S ⊂ D_r, in A_f's and A_n's sets
+
+
+OPTIONAL = ("helper_forget", "shared")
+RECORD_ONLY = ("forget_index_file", "forget_list")  # where a request lay: its content decides  # absent from folders made before helper recipes
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -133,13 +148,16 @@ def _check(splits: Splits, train_size: int, test_size: int) -> None:
         a, b = getattr(splits, part), getattr(splits, other)
         if not a or not b or set(a) & set(b) or min(a + b) < 0 or max(a + b) >= size:
             raise UserError(f"splits {part}/{other} are empty, overlap or leave 0..{size - 1}")
+    if not set(splits.helper_forget or []) <= set(splits.forget) or not set(splits.shared) <= set(splits.retain):  # fmt: skip
+        raise UserError("splits: the helper models' sets must lie in D_f (helper_forget) and D_r (shared)")
 
 
 def _options(train_size: int, test_size: int, **given) -> dict:
     """The split options as saved in splits.json (validated, JSON-ready)."""
     classes, index_file = given["forget_classes"], given["forget_index_file"]
-    if classes is not None and index_file is not None:
-        raise UserError("choose one of forget_classes and forget_index_file, not both")
+    forget_list = given.get("forget_list")
+    if sum(x is not None for x in (classes, index_file, forget_list)) > 1:
+        raise UserError("choose one of forget classes, a forget index file and a forget list")
     if classes is not None and (not classes or len(set(classes)) != len(classes)):
         raise UserError(f"forget classes {classes} must be a non-empty list without repeats")
     subsets = {}
@@ -150,7 +168,10 @@ def _options(train_size: int, test_size: int, **given) -> dict:
         ):
             raise UserError(f"{name} must be a whole number, got {value!r}")
         subsets[name] = int(value) if value is not None else None
-    by_fraction = classes is None and index_file is None
+    helpers = given.get("helpers", "disjoint")
+    if helpers not in HELPER_RECIPES:
+        raise UserError(f"unknown helper recipe {helpers!r}; choose one of {', '.join(HELPER_RECIPES)}")  # fmt: skip
+    by_fraction = classes is None and index_file is None and forget_list is None
     fraction = _fraction("forget_fraction", given["forget_fraction"]) if by_fraction else None
     options = {
         "train_size": int(train_size),
@@ -159,22 +180,47 @@ def _options(train_size: int, test_size: int, **given) -> dict:
         "forget_classes": sorted(int(c) for c in classes) if classes is not None else None,
         # The request's content decides, not where the file lies: path kept for the record only.
         "forget_index_file": str(index_file) if index_file is not None else None,
+        "forget_list": str(forget_list) if forget_list is not None else None,  # record only
         "forget_index_sha256": None,  # of the sorted indices, set by load_or_create_splits
         "new_fraction": _fraction("new_fraction", given["new_fraction"]),
         **subsets,
+        "helpers": helpers,
+        # The normalization asked for (None: the dataset's): every model of a folder uses one.
+        "normalize": [list(v) for v in given["normalize"]] if given.get("normalize") else None,
     }
+    if helpers == "shared":
+        options["shared_fraction"] = _fraction("shared_fraction", given.get("shared_fraction", 0.05))
     return options
+
+
+def _helper_sets(
+    forget: np.ndarray, retain: np.ndarray, n_new: int, train_size: int, options: dict, seed: int
+) -> tuple[list[int] | None, list[int]]:
+    """(F, S) for the helper recipe in options (see HELPER_RECIPES): sorted train indices."""
+    rng = _rng(seed, _HELPERS)
+    if options["helpers"] == "matched":
+        if len(forget) < n_new:
+            raise UserError(f"helpers 'matched' needs |D_f| >= |D_n|, got {len(forget)} < {n_new}")
+        return np.sort(rng.choice(forget, n_new, replace=False)).tolist(), []
+    if options["helpers"] == "shared":
+        size = max(1, round(options["shared_fraction"] * train_size))
+        if size >= len(retain):
+            raise UserError(f"shared_fraction {options['shared_fraction']} takes all of D_r")
+        return None, np.sort(rng.choice(retain, size, replace=False)).tolist()
+    return None, []
 
 
 def _reuse(path: Path, dataset: str, seed: int, options: dict) -> Splits:
     try:
         saved = json.loads(path.read_text())
-        splits = Splits(**{k: saved[k] for k in Splits.__dataclass_fields__})
+        fields = [k for k in Splits.__dataclass_fields__ if k in saved or k not in OPTIONAL]
+        splits = Splits(**{k: saved[k] for k in fields})
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read {path} ({e}); move it away or use a new run folder") from None
     wanted = {"dataset": dataset, "seed": seed, **options}
-    have = {"dataset": splits.dataset, "seed": splits.seed, **splits.options}
-    differ = [k for k in wanted if k != "forget_index_file" and wanted[k] != have.get(k)]
+    # Folders made before helper recipes existed trained A_f and A_n the disjoint way.
+    have = {"dataset": splits.dataset, "seed": splits.seed, "helpers": "disjoint", **splits.options}
+    differ = [k for k in wanted if k not in RECORD_ONLY and wanted[k] != have.get(k)]
     if differ:
         change = ", ".join(f"{k}={have.get(k)!r} there, {wanted[k]!r} now" for k in differ)
         raise UserError(
@@ -197,6 +243,11 @@ def load_or_create_splits(
     new_fraction: float = 0.1,
     train_subset: int | None = None,
     test_subset: int | None = None,
+    helpers: str = "disjoint",
+    shared_fraction: float = 0.05,
+    forget_list: str | Path | None = None,
+    normalize=None,
+    train_paths: list[str] | None = None,
 ) -> Splits:
     """The run folder's splits: read from `<run_dir>/splits.json`, or drawn and saved there.
 
@@ -205,7 +256,9 @@ def load_or_create_splits(
     `train_subset` then caps the size of D_f + D_r). D_r is the rest. D_n is a random
     `new_fraction` of the test set, D_t the rest. With `train_subset`/`test_subset`, a seeded
     random subset of that size is drawn first and split within; indices always refer to the
-    original sets.
+    original sets. `forget_list` is a deletion request by file name (a folder dataset's
+    `train_paths`, kga_fast.folder). `normalize` is only recorded. `helpers` chooses what A_f and A_n train on (HELPER_RECIPES; with "shared",
+    S is `shared_fraction` of the train set, drawn from D_r).
     """
     labels = np.asarray(
         train_labels.cpu() if isinstance(train_labels, torch.Tensor) else train_labels
@@ -213,11 +266,17 @@ def load_or_create_splits(
     options = _options(
         len(labels), test_size, forget_fraction=forget_fraction, forget_classes=forget_classes,
         forget_index_file=forget_index_file, new_fraction=new_fraction,
-        train_subset=train_subset, test_subset=test_subset,
+        train_subset=train_subset, test_subset=test_subset, helpers=helpers,
+        shared_fraction=shared_fraction, forget_list=forget_list, normalize=normalize,
     )  # fmt: skip
     request = None
     if forget_index_file is not None:
         request = read_index_file(forget_index_file, len(labels))  # (F,) sorted int64
+    elif forget_list is not None:
+        if train_paths is None:
+            raise UserError("a forget list names files: it needs --dataset folder")
+        request = read_forget_list(forget_list, train_paths)
+    if request is not None:
         options["forget_index_sha256"] = hashlib.sha256(request.tobytes()).hexdigest()
     path = Path(run_dir) / SPLITS_FILE
     if path.exists():
@@ -227,15 +286,9 @@ def load_or_create_splits(
     forget, retain = _forget_retain(labels, options, seed, request)
     test_pool = _subset(test_size, options["test_subset"], "test_subset", _rng(seed, _TEST_SUBSET))
     new, test = _split(test_pool, options["new_fraction"], _rng(seed, _NEW), "new_fraction")
-    splits = Splits(
-        dataset,
-        int(seed),
-        forget.tolist(),
-        retain.tolist(),
-        np.sort(new).tolist(),
-        test.tolist(),
-        options,
-    )
+    helper_forget, shared = _helper_sets(forget, retain, len(new), len(forget) + len(retain), options, seed)
+    splits = Splits(dataset, int(seed), forget.tolist(), retain.tolist(), np.sort(new).tolist(),
+                    test.tolist(), options, helper_forget, shared)  # fmt: skip
     _check(splits, len(labels), test_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, asdict(splits))

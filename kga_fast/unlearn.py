@@ -50,8 +50,10 @@ from kga_fast.errors import UserError
 from kga_fast.freeze import apply_freeze
 from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
 from kga_fast.models import StagedNet
+from kga_fast.stopping import GapStop, holdout_split
 
 OPTIMIZERS = ("adam", "sgd")
+STOPS = ("epochs", "gap")
 
 
 @dataclass
@@ -70,7 +72,10 @@ class UnlearnConfig:
     batch_size: int = 64  # global batch (split across processes); D_f / D_n batches too
     epochs: int = 2  # passes over D_r
     direction: str = "student_first"  # student_first (paper eqs. 2, 3) | teacher_first (KGA code)
-    reduction: str = "pair"  # pair (paper eq. 2) | batch (KGA code)
+    reduction: str = "pair"  # pair (paper eq. 2) | batch (KGA code) | sorted (gap distributions)
+    stop: str = "epochs"  # epochs: run them all | gap: stop once the held-out gaps meet (below)
+    holdout: float = 0.2  # stop "gap": share of D_f's and D_n's images kept out of L_a to check it
+    check_every: int = 4  # stop "gap": optimizer steps between checks
     cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
     prefix_cache_gb: float = 4.0  # frozen-prefix features kept when they fit (0: never)
     compile: bool = False  # torch.compile the student
@@ -99,14 +104,16 @@ def config_key(cfg: UnlearnConfig) -> dict:
 
 def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
     """UserError on a value that cannot work; returns cfg."""
-    for name, choices in (("optimizer", OPTIMIZERS), ("direction", DIRECTIONS), ("reduction", REDUCTIONS)):  # fmt: skip
+    for name, choices in (("optimizer", OPTIMIZERS), ("direction", DIRECTIONS), ("reduction", REDUCTIONS),
+                          ("stop", STOPS)):  # fmt: skip
         if getattr(cfg, name) not in choices:
             raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")  # fmt: skip
     for name, ok in (("lr", cfg.lr > 0), ("ratio", 0 <= cfg.ratio <= 1), ("inner_steps", cfg.inner_steps >= 1),
                      ("batch_size", cfg.batch_size >= 1), ("epochs", cfg.epochs >= 1),
-                     ("prefix_cache_gb", cfg.prefix_cache_gb >= 0)):  # fmt: skip
+                     ("prefix_cache_gb", cfg.prefix_cache_gb >= 0), ("holdout", 0 < cfg.holdout < 1),
+                     ("check_every", cfg.check_every >= 1)):  # fmt: skip
         if not ok:
-            bound = {"ratio": "in [0, 1]", "prefix_cache_gb": "0 or more"}.get(name, "positive")
+            bound = {"ratio": "in [0, 1]", "prefix_cache_gb": "0 or more", "holdout": "in (0, 1)"}.get(name, "positive")  # fmt: skip
             raise UserError(f"{name.replace('_', ' ')} must be {bound}, got {getattr(cfg, name)}")
     return cfg
 
@@ -114,7 +121,9 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
 @dataclass
 class UnlearnData:
     """What unlearning reads: uint8 (N, C, 32, 32) images of D_r, D_f, D_n (no labels: every
-    KGA loss compares model outputs) and the dataset's normalization."""
+    KGA loss compares model outputs) and the dataset's normalization. For KGA, `forget` holds
+    the D_f images that L_a aligns on: those A_f was trained on (all of D_f, or the matched
+    helper recipe's part of it)."""
 
     retain: torch.Tensor
     forget: torch.Tensor
@@ -130,6 +139,7 @@ class UnlearnResult:
     cache_seconds: float  # of which computing what is cached (kga_fast.cache), in this piece
     epochs_resumed: int  # epochs loaded from an earlier, interrupted run
     losses: dict[str, list[float]] = field(default_factory=dict)  # per-epoch mean L_r, L_a
+    stopping: dict = field(default_factory=dict)  # how it ended (stop "gap": the checks made)
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -182,6 +192,12 @@ def unlearn(
     """
     check_config(cfg)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    held = None
+    if cfg.stop == "gap":  # keep a share of D_f and D_n out of L_a, to check the rule on
+        keep_f, held_f = holdout_split(len(data.forget), cfg.holdout, stream_seed(seed, 4))
+        keep_n, held_n = holdout_split(len(data.new), cfg.holdout, stream_seed(seed, 5))
+        held = (data.forget[held_f], data.new[held_n])
+        data = dataclasses.replace(data, forget=data.forget[keep_f], new=data.new[keep_n])
     per_rank = accel.per_process_batch(accelerator, cfg.batch_size)
     pair = min(
         per_rank, len(data.forget) // world, len(data.new) // world
@@ -207,7 +223,9 @@ def unlearn(
     student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
     key = config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
                              "mixed_precision": str(accelerator.mixed_precision)}  # fmt: skip
-    progress = {"epoch": 0, "seconds": 0.0, "losses": {"retain": [], "align": []}, "key": key}
+    progress = {"epoch": 0, "seconds": 0.0, "losses": {"retain": [], "align": []}, "checks": [],
+                "key": key}  # fmt: skip
+    stopped_at = None  # the optimizer step at which the gap rule stopped unlearning
 
     try:
         progress = accel.resume(accelerator, state_dir, key) or progress
@@ -218,6 +236,13 @@ def unlearn(
         prefix = PrefixCache(raw, data, accelerator, cfg.prefix_cache_gb)
         if prefix.skipped:
             accelerator.print(f"note: {prefix.skipped}")
+        stopper = None
+        if held is not None:
+            stopper = GapStop(teachers.models, *held, mean=data.mean, std=data.std,
+                              accelerator=accelerator, direction=cfg.direction, impl=cfg.impl,
+                              checks=progress["checks"])  # fmt: skip
+            if start_epoch == 0 and stopper.reached(student, 0):
+                stopped_at = 0
         accel.synchronize(accelerator)
         cache_seconds = time.perf_counter() - t0
         seconds = progress["seconds"] + cache_seconds
@@ -227,7 +252,7 @@ def unlearn(
         bar = tqdm(total=(cfg.epochs - start_epoch) * n_batches, desc=desc, leave=False,
                    disable=not accelerator.is_local_main_process)  # fmt: skip
         student.train()
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs if stopped_at is None else start_epoch):
             t0 = time.perf_counter()
             # Dropout (VGG) draws from a per-epoch seed, so a resumed epoch replays exactly.
             torch.manual_seed(stream_seed(seed, 3 + epoch) + rank)
@@ -261,20 +286,29 @@ def unlearn(
                     if steps % cfg.log_every == 0:
                         r, a = sum_r.item() / b, sum_a.item() / steps
                         bar.set_postfix(L_r=f"{r:.4f}", L_a=f"{a:.4f}", refresh=False)
+                    step = epoch * steps_per_epoch + steps
+                    if stopper is not None and step % cfg.check_every == 0:
+                        if stopper.reached(student, step):
+                            stopped_at = step
+                            break
                 bar.update(1)
             # Mean over processes of their mean losses: the single-process value at equal shares.
-            epoch_means = torch.stack([sum_r / n_batches, sum_a / steps])
+            epoch_means = torch.stack([sum_r / b, sum_a / steps])
             epoch_means = accelerator.reduce(epoch_means, "mean") if world > 1 else epoch_means
             losses["retain"].append(epoch_means[0].item())
             losses["align"].append(epoch_means[1].item())
             accel.synchronize(accelerator)
             seconds += time.perf_counter() - t0
+            if stopped_at is not None:
+                break
             if state_dir is not None and epoch + 1 < cfg.epochs:
-                progress.update(epoch=epoch + 1, seconds=seconds, losses=losses)
+                progress.update(epoch=epoch + 1, seconds=seconds, losses=losses,
+                                checks=stopper.checks if stopper else [])  # fmt: skip
                 accel.save_state(accelerator, state_dir, progress)
     finally:
         # Drop the DDP wrapper and optimizer from the accelerator (also after an interruption),
         # so that the next run's save_state / load_state see exactly one model and optimizer.
         accelerator.free_memory()
     bar.close()
-    return UnlearnResult(raw.eval(), seconds, cache_seconds, start_epoch, losses)
+    stopping = stopper.record(stopped_at) if stopper else {"rule": "epochs"}
+    return UnlearnResult(raw.eval(), seconds, cache_seconds, start_epoch, losses, stopping)

@@ -82,12 +82,17 @@ def test_evaluate_unlearning_layout_and_values():
     out = evaluate_unlearning(logits, labels, 4)
     assert set(out) == {"accuracy", "f1", "jsd"}
     assert set(out["accuracy"]) == set(out["f1"]) == {"Ad", "A*", "Ar"}
-    assert set(out["jsd"]) == {"Ad,A*", "A*,Ar"}
+    assert set(out["jsd"]) == {"Ad,A*", "A*,Ar", "Ad,Ar"}  # Ad,Ar: the reference
     assert all(type(v) is float for d in out.values() for v in d.values())
     assert out["accuracy"]["A*"] == classification_metrics(logits["A*"], labels, 4)["accuracy"]
     assert out["jsd"]["A*,Ar"] == pytest.approx(mean_jsd(logits["A*"], logits["Ar"]))
-    with pytest.raises(ValueError, match="Ar"):
-        evaluate_unlearning({"Ad": logits["Ad"], "A*": logits["A*"]}, labels, 4)
+    assert out["jsd"]["Ad,Ar"] == pytest.approx(mean_jsd(logits["Ad"], logits["Ar"]))
+    # Without A_r (unlearning without retraining) its entries are left out, nothing else.
+    no_ar = evaluate_unlearning({"Ad": logits["Ad"], "A*": logits["A*"]}, labels, 4)
+    assert set(no_ar["accuracy"]) == {"Ad", "A*"} and set(no_ar["jsd"]) == {"Ad,A*"}
+    assert no_ar["accuracy"]["A*"] == out["accuracy"]["A*"]
+    with pytest.raises(ValueError, match="A\\*"):
+        evaluate_unlearning({"Ad": logits["Ad"], "Ar": logits["Ar"]}, labels, 4)
 
 
 def plain_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

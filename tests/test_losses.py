@@ -117,6 +117,25 @@ def test_directions_and_reductions_follow_the_definitions():
     ).item() == pytest.approx(kl_ts.mean().item(), rel=1e-6)
 
 
+def test_sorted_reduction_pairs_the_kth_smallest_kl_with_the_kth_smallest_gap(monkeypatch):
+    """Hand-computed: KL (0.5, 0.1, 0.3) against gaps (0.2, 0.6, 0.0). Sorted, (0.1, 0.3, 0.5)
+    meets (0.0, 0.2, 0.6): |0.1| + |0.1| + |-0.1| over 3 = 0.1, and the gradient reaches each KL
+    through its rank: 0.5 (rank 3, below its gap 0.6) gets -1/3, the others +1/3. Pair gives
+    (0.3 + 0.5 + 0.3) / 3, batch |0.3 - 0.8 / 3|."""
+    kl = torch.tensor([0.5, 0.1, 0.3], dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(losses, "directed_kl", lambda *a, **k: kl)
+    gap = torch.tensor([0.2, 0.6, 0.0], dtype=torch.float64)
+    s = t = torch.zeros(3, 2, dtype=torch.float64)
+    loss = losses.alignment_loss(s, t, gap, reduction="sorted")
+    assert loss.item() == pytest.approx(0.1, abs=1e-12)
+    loss.backward()
+    assert kl.grad.tolist() == pytest.approx([-1 / 3, 1 / 3, 1 / 3], abs=1e-12)
+    pair = losses.alignment_loss(s, t, gap, reduction="pair")
+    assert pair.item() == pytest.approx(1.1 / 3, abs=1e-12)
+    batch = losses.alignment_loss(s, t, gap, reduction="batch")
+    assert batch.item() == pytest.approx(abs(0.3 - 0.8 / 3), abs=1e-12)
+
+
 def test_bad_arguments_are_clear_errors():
     s, t = logits(4, 3), logits(4, 3)
     with pytest.raises(UserError, match="unknown loss impl"):
@@ -155,7 +174,7 @@ def test_explicit_fused_never_falls_back(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_fused_losses_match_reference(device, direction, reduction, dtype):
     n = 64
-    gap = torch.rand(n if reduction == "pair" else 7, generator=torch.Generator().manual_seed(10))
+    gap = torch.rand(n if reduction != "batch" else 7, generator=torch.Generator().manual_seed(10))
     gap = gap.to(device)
     results = {}
     for impl in ("fused", "reference"):

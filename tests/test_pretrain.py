@@ -101,3 +101,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert last.startswith("error:") and message in last
     assert "Traceback" not in out.stderr
     assert not (run_dir / "models").exists()
+
+
+@pytest.mark.parametrize("helpers", ["matched", "shared"])
+def test_helper_recipes_train_a_f_and_a_n_on_their_sets(tmp_path, helpers):
+    """matched: A_f on |D_n| images of D_f under exactly A_n's schedule; shared: both on their
+    own set plus the same slice S of D_r. What each trained on is in its JSON."""
+    pretrain(tmp_path, "--only", "Af,An", "--helpers", helpers, "--pretrain-preset", "paper",
+             "--pretrain-epochs", "2")  # fmt: skip
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    meta = {m: json.loads((tmp_path / "models" / f"{m}.json").read_text()) for m in ("Af", "An")}
+    assert meta["Af"]["helpers"] == meta["An"]["helpers"] == helpers
+    if helpers == "matched":
+        assert meta["Af"]["images"] == meta["An"]["images"] == len(splits["new"])
+        assert meta["Af"]["epochs"] == meta["An"]["epochs"] == 2
+        assert meta["Af"]["config"] == meta["An"]["config"]
+    else:
+        assert meta["Af"]["images"] == len(splits["forget"]) + len(splits["shared"])
+        assert meta["An"]["images"] == len(splits["new"]) + len(splits["shared"])

@@ -156,7 +156,7 @@ def test_bad_forget_index_file(tmp_path, content, match):
         (dict(forget_classes=[10]), "does not occur"),
         (dict(forget_classes=[1, 1]), "repeats"),
         (dict(forget_classes=list(range(10))), "empty retain"),
-        (dict(forget_classes=[1], forget_index_file="x.json"), "not both"),
+        (dict(forget_classes=[1], forget_index_file="x.json"), "choose one of"),
         (dict(forget_index_file="missing.json"), "does not exist"),
     ],
 )
@@ -164,3 +164,39 @@ def test_bad_split_options(tmp_path, options, match):
     with pytest.raises(UserError, match=match):
         _make(tmp_path / "run", **options)
     assert not (tmp_path / "run").exists()
+
+
+def test_helper_recipes_draw_seeded_sets_of_the_right_size_inside_d_f_and_d_r(tmp_path):
+    base = _make(tmp_path / "disjoint")
+    assert base.helper_forget is None and base.shared == []
+    matched = _make(tmp_path / "matched", helpers="matched")
+    # The same D_f, D_r, D_n, D_t as the disjoint folder: helper sets have their own stream.
+    assert (matched.forget, matched.retain, matched.new) == (base.forget, base.retain, base.new)
+    assert len(matched.helper_forget) == len(matched.new) == N_TEST // 10
+    assert set(matched.helper_forget) <= set(matched.forget) and matched.shared == []
+    assert _make(tmp_path / "again", helpers="matched") == matched  # seeded
+    assert _make(tmp_path / "other", seed=1, helpers="matched").helper_forget != matched.helper_forget
+    shared = _make(tmp_path / "shared", helpers="shared", shared_fraction=0.1)
+    assert shared.helper_forget is None and len(shared.shared) == N_TRAIN // 10
+    assert set(shared.shared) <= set(shared.retain)
+    saved = json.loads((tmp_path / "shared" / "splits.json").read_text())
+    assert saved["options"]["helpers"] == "shared" and saved["options"]["shared_fraction"] == 0.1
+    assert saved["shared"] == shared.shared
+
+
+def test_helper_recipe_is_part_of_the_split_and_old_folders_read_as_disjoint(tmp_path):
+    _make(tmp_path, helpers="matched")
+    with pytest.raises(UserError, match="other split options.*helpers"):
+        _make(tmp_path)
+    old = tmp_path / "old"
+    _make(old)
+    saved = json.loads((old / "splits.json").read_text())
+    for key in ("helper_forget", "shared"):
+        del saved[key]
+    del saved["options"]["helpers"]
+    (old / "splits.json").write_text(json.dumps(saved))  # a folder from before helper recipes
+    assert _make(old).helper_forget is None
+    with pytest.raises(UserError, match="helpers"):
+        _make(old, helpers="shared")
+    with pytest.raises(UserError, match="unknown helper recipe"):
+        _make(tmp_path / "bad", helpers="twins")

@@ -1,0 +1,186 @@
+"""One unlearning job on a run folder, the piece the CLI (scripts/unlearn.py) and the Python API
+(kga_fast.api) share: for each (freeze, seed) of a method, skip what is finished, unlearn,
+evaluate, audit, save the model, record the result; then the report.
+
+    job = Job(method="kga", cfg=UnlearnConfig(), freezes=[(), (1, 2, 3)], seeds=[0])
+    records = run_job(run, models, job, accelerator)
+
+`models` holds A_d, A_f, A_n (KGA's helpers) and A_r unless the job runs without retraining
+(`job.retrain=False`, the deletion-request mode): then nothing is compared with A_r, and the
+records say so ("retrain": false).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+from kga_fast import accel
+from kga_fast.audit import audit_models
+from kga_fast.baselines import (
+    BaselineConfig,
+    MethodData,
+    baseline_config_key,
+    retrain,
+    train_seconds,
+    unlearn_baseline,
+)
+from kga_fast.checkpoint import save_model
+from kga_fast.errors import UserError
+from kga_fast.evaluate import evaluate_unlearning, predict
+from kga_fast.freeze import freeze_label
+from kga_fast.models import StagedNet
+from kga_fast.report import format_table, write_report
+from kga_fast.results import append_result, find_result, load_results
+from kga_fast.run import Run
+from kga_fast.unlearn import UnlearnConfig, config_key, unlearn
+
+EVAL_SPLITS = ("test", "forget", "retain")
+
+
+@dataclass
+class Job:
+    """What to run on a run folder: one method over freeze configurations and seeds."""
+
+    method: str = "kga"  # kga | retrain | a baseline of kga_fast.baselines
+    cfg: UnlearnConfig | BaselineConfig | None = None  # the method's configuration (retrain: None)
+    freezes: list[tuple[int, ...]] = field(default_factory=lambda: [()])  # 1-based frozen blocks
+    seeds: list[int] = field(default_factory=lambda: [0])  # unlearning seeds
+    retrain: bool = True  # whether A_r exists to compare with (False: --no-retrain)
+
+    @property
+    def preset(self) -> str:
+        return self.cfg.preset if isinstance(self.cfg, UnlearnConfig) else "default"
+
+    def config(self, accelerator) -> dict:
+        """What results.json records as "config"."""
+        if self.method == "kga":
+            key = config_key(self.cfg)
+        else:
+            key = {} if self.method == "retrain" else baseline_config_key(self.cfg)
+        return key | {"mixed_precision": str(accelerator.mixed_precision)}
+
+
+def model_name(method: str, arch: str, freeze: tuple[int, ...], seed: int, preset: str, config: dict) -> str:  # fmt: skip
+    """Astar-resnet18-f12-s0-default-<hash> (baselines: <method>-resnet18-...): the hash of the
+    config keeps the models of two configurations apart, so a finished model is never
+    overwritten by another one."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    prefix = "Astar" if method == "kga" else method
+    return f"{prefix}-{arch}-f{''.join(map(str, freeze)) or 0}-s{seed}-{preset}-{digest}"
+
+
+def summary_line(label: str, seed: int, record: dict) -> str:
+    ev = record["eval"]
+    models = ("Ad", "Ar") if record.get("retrain", True) else ("Ad",)
+    acc = "/".join(f"{ev[s]['accuracy']['A*']:.3f}" for s in ("test", "forget"))
+    ref = "/".join(f"{ev[s]['accuracy'][m]:.3f}" for s in ("test", "forget") for m in models)
+    jsd = ev["test"]["jsd"]
+    to_ar = f" JSD(A*,Ar) {jsd['A*,Ar']:.4f} (Ad,Ar {jsd['Ad,Ar']:.4f});" if "A*,Ar" in jsd else ""
+    return (f"{label} seed {seed}: A* acc test/forget {acc} ({', '.join(models)}: {ref}); "
+            f"JSD(Ad,A*) {jsd['Ad,A*']:.4f};{to_ar} {record['unlearn_seconds']:.1f} s -> {record['checkpoint']}")  # fmt: skip
+
+
+def _seconds_or_none(run_dir, name: str) -> float | None:
+    try:
+        return train_seconds(run_dir, name)
+    except UserError:  # models trained elsewhere (a user's own A_d) may not record it
+        return None
+
+
+def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> list[dict]:
+    """Run `job` on `run` (module doc); returns the records written (or found) per (freeze, seed)."""
+    if job.method == "retrain" and not job.retrain:
+        raise UserError("method retrain needs A_r: drop --no-retrain")
+    run_dir, arch = run.cfg.run_dir, run.cfg.arch
+    splits = {s: run.subset(s) for s in EVAL_SPLITS}
+    labels = {s: y for s, (_, y) in splits.items()}
+    data = MethodData(splits["retain"][0], splits["forget"][0], run.subset("new")[0], run.train.mean,
+                      run.train.std, retain_labels=labels["retain"], forget_labels=labels["forget"])  # fmt: skip
+    reference = ("Ad", "Ar") if job.retrain else ("Ad",)
+    ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None
+    helpers = {m: _seconds_or_none(run_dir, m) for m in ("Af", "An")}
+    known = job.method == "kga" and None not in helpers.values()
+    helper_total = sum(helpers.values()) if known else None  # KGA's cost beyond unlearning
+    config = job.config(accelerator)
+    fixed: dict[str, dict] = {}  # logits of A_d (and A_r) per split, and their audit, once
+
+    def logits_of(model, split: str):
+        return predict(model, splits[split][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator)  # fmt: skip
+
+    freezes = [()] if job.method == "retrain" else job.freezes  # A_r as it is: nothing frozen
+    records = []
+    for freeze in freezes:
+        for seed in job.seeds:
+            label = f"{arch}^{freeze_label(freeze)}"
+            key = {"dataset": run.cfg.dataset, "arch": arch, "freeze": list(freeze), "seed": seed,
+                   "preset": job.preset, "method": job.method, "config": config}  # fmt: skip
+            found = find_result(run_dir, key)
+            if found is not None:
+                accelerator.print(f"{label} seed {seed}: finished earlier, skipped")
+                records.append(found)
+                continue
+            name = model_name(job.method, arch, freeze, seed, job.preset, config)
+            state_dir = run_dir / "state" / name
+            desc = f"{job.method} {label} seed {seed}"
+            accel.reset_peak_memory(accelerator)
+            if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
+                aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
+                result = unlearn(models, aligned, job.cfg, freeze=freeze, seed=seed, accelerator=accelerator,
+                                 state_dir=state_dir, desc=desc)  # fmt: skip
+            elif job.method == "retrain":
+                result = retrain(models, run_dir)
+            else:
+                result = unlearn_baseline(models, data, job.cfg, freeze=freeze, seed=seed,
+                                          accelerator=accelerator, state_dir=state_dir, desc=desc)  # fmt: skip
+            if result.epochs_resumed:
+                accelerator.print(f"{label} seed {seed}: resumed after epoch {result.epochs_resumed}")  # fmt: skip
+            peak = accel.peak_memory(accelerator)
+            t0 = time.perf_counter()
+            evaluation, star = {}, {}
+            for split in splits:
+                if split not in fixed:
+                    fixed[split] = {m: logits_of(models[m], split) for m in reference}
+                star[split] = logits_of(result.model, split)
+                evaluation[split] = evaluate_unlearning(fixed[split] | {"A*": star[split]}, labels[split], run.num_classes)  # fmt: skip
+            checkpoint = "models/Ar.safetensors" if job.method == "retrain" else f"models/{name}.safetensors"  # fmt: skip
+            record = key | {"unlearn_seconds": result.seconds, "checkpoint": checkpoint,
+                            "retrain": job.retrain, "retrain_seconds": ar_seconds,
+                            "helper_seconds": helpers if job.method == "kga" else None,
+                            "helpers": run.splits.options.get("helpers", "disjoint"),
+                            "stopping": result.stopping, "losses": result.losses,
+                            "world_size": accelerator.num_processes, "eval": evaluation}  # fmt: skip
+            if accelerator.is_main_process:
+                # Membership inference on the gathered logits, once (not per rank); A_d and A_r
+                # are audited once per invocation with a fixed seed, so their values are shared.
+                if "mia" not in fixed:
+                    fixed["mia"] = audit_models({m: {s: fixed[s][m] for s in splits} for m in reference}, labels)  # fmt: skip
+                record["mia"] = fixed["mia"] | audit_models({"A*": star}, labels)
+            record["phases"] = {"helper_models": helper_total, "caching": result.cache_seconds,
+                                "unlearning": result.seconds - result.cache_seconds,
+                                "evaluation": time.perf_counter() - t0}  # fmt: skip
+            record["peak_memory"] = peak
+            if accelerator.is_main_process:
+                if job.method != "retrain":
+                    meta = {k: v for k, v in record.items() if k not in ("checkpoint", "eval", "mia")}
+                    save_model(run_dir, name, result.model, meta)
+                append_result(run_dir, record)  # after the model: a record never lacks it
+            accel.clear_state(accelerator, state_dir)  # barriers inside: all ranks see the record
+            accelerator.print(summary_line(label, seed, record))
+            records.append(record)
+    return records
+
+
+def report(run: Run, accelerator) -> None:
+    """Print the paper's tables for the run folder and write report.md / report.png (main process)."""
+    if accelerator.is_main_process:
+        run_dir = run.cfg.run_dir
+        results = load_results(run_dir)
+        for split in ("test", "forget"):
+            print(f"\n{run.cfg.dataset}, {split} split (mean ± std over seeds):\n{format_table(results, split)}")  # fmt: skip
+        md, png = write_report(run_dir)
+        print(f"\nresults: {run_dir / 'results.json'}\nreport:  {md}\nfigure:  {png}\nmodels:  {run_dir / 'models'}")  # fmt: skip
+    accelerator.wait_for_everyone()
