@@ -173,7 +173,8 @@ def _title(runs: list[dict]) -> str:
         accs = []
         for split in SPLITS:
             for model in ("Ad", "Ar"):
-                v = [r["eval"][split]["accuracy"][model] for r in members if split in r["eval"]]
+                v = [r["eval"][split]["accuracy"][model] for r in members
+                     if model in r["eval"].get(split, {}).get("accuracy", {})]  # fmt: skip
                 if v:
                     accs.append(f"{model} {statistics.fmean(v):.3f} on {split}")
         lines.append(f"- {dataset} / {arch}: accuracy of the pretrained models: {', '.join(accs)}.")
@@ -219,8 +220,23 @@ def _how_to_read(runs: list[dict]) -> str:
     )
 
 
+def _without_retraining(runs: list[dict]) -> str:
+    """A plain word where A_r was not trained (--no-retrain, a deletion request)."""
+    if all(r.get("retrain", True) for r in runs):
+        return ""
+    return (
+        "## Without retraining\n\n"
+        "A_r was not trained for some of these runs (`--no-retrain`): their A_r columns, "
+        "JSD (A*,Ar) and JSD (Ad,Ar) were not computed and show `-`. What can be known without "
+        "A_r is here: A* against A_d (JSD (Ad,A*), accuracy and F1), A*'s accuracy on D_f against "
+        "its accuracy on D_t (after good unlearning D_f looks like unseen data), the "
+        "membership-inference attacks on A* and A_d, time and memory (results.json)."
+    )
+
+
 SECTIONS: list[Callable[[list[dict]], str]] = [
     _title,
+    _without_retraining,
     _tables,
     _times,
     methods_section,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -38,6 +39,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError):
         pass  # not a safetensors file: try a PyTorch state dict
+    with path.open("rb") as f:  # torch.save writes a zip archive (legacy: a raw pickle)
+        is_torch_file = zipfile.is_zipfile(f) or (f.seek(0) == 0 and f.read(1) == b"\x80")
+    if not is_torch_file:
+        raise UserError(f"{path} is neither a safetensors file nor a PyTorch state dict")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -141,7 +141,7 @@ def baseline_config(args: argparse.Namespace):
 @cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not args.full:  # the quick run's subsets unless sizes were given
+    if not args.full and args.dataset != "folder":  # the quick run's subsets of a built-in set
         args.train_subset = QUICK.train_subset if args.train_subset is None else args.train_subset
         args.test_subset = QUICK.test_subset if args.test_subset is None else args.test_subset
     run_cfg = run_config_from_args(args)
