@@ -44,17 +44,26 @@ def measure(arch: str, freeze: tuple[int, ...], args, accelerator) -> dict:
     teacher = build_model(arch, 10, 3).to(accelerator.device).eval()
     models = {"Ad": teacher, "Af": teacher, "An": teacher}  # one model: speed is all that counts
     cfg = dataclasses.replace(
-        UNLEARN_PRESETS["default"], batch_size=args.batch, inner_steps=args.steps, epochs=1,
-        compile=args.compile, log_every=10**9,
-    )  # fmt: skip
+        UNLEARN_PRESETS["default"],
+        batch_size=args.batch,
+        inner_steps=args.steps,
+        epochs=1,
+        compile=args.compile,
+        log_every=10**9,
+    )
     pair = images(args.batch, 1)
     warm = UnlearnData(images(args.warmup * args.batch, 2), pair, pair, MEAN, STD)
-    unlearn(models, warm, dataclasses.replace(cfg, inner_steps=args.warmup), freeze=freeze, seed=0,
-            accelerator=accelerator, desc="warm-up")  # fmt: skip
-    data = UnlearnData(images(args.steps * args.batch, 3), pair, pair, MEAN, STD)
-    result = unlearn(
-        models, data, cfg, freeze=freeze, seed=0, accelerator=accelerator, desc="timed"
+    unlearn(
+        models,
+        warm,
+        dataclasses.replace(cfg, inner_steps=args.warmup),
+        freeze=freeze,
+        seed=0,
+        accelerator=accelerator,
+        desc="warm-up",
     )
+    data = UnlearnData(images(args.steps * args.batch, 3), pair, pair, MEAN, STD)
+    result = unlearn(models, data, cfg, freeze=freeze, seed=0, accelerator=accelerator, desc="timed")
     seconds = result.seconds - result.cache_seconds  # the loop alone (it synchronizes on CUDA)
     n_images = args.steps * args.batch + args.batch  # retain batches + the D_f batch
     return {
@@ -66,12 +75,12 @@ def measure(arch: str, freeze: tuple[int, ...], args, accelerator) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--archs", default="resnet18,vgg11", help="comma-separated archs")
     parser.add_argument("--freeze", nargs="+", default=FREEZES, help="freeze configurations")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="timed retain batches (CPU 3, CUDA 30)"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="timed retain batches (CPU 3, CUDA 30)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up batches (CPU 1, CUDA 5)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (CPU 64, CUDA 256)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
@@ -84,8 +93,10 @@ def main() -> None:
     args.batch = args.batch or (256 if cuda else 64)
     accelerator = Accelerator(cpu=not cuda, mixed_precision=args.mixed_precision)
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# bench_freeze: {device}, batch {args.batch}, {args.steps} timed steps, "
-          f"mixed precision {args.mixed_precision}, compile {args.compile}")  # fmt: skip
+    print(
+        f"# bench_freeze: {device}, batch {args.batch}, {args.steps} timed steps, "
+        f"mixed precision {args.mixed_precision}, compile {args.compile}"
+    )
     print("| arch | freeze | images/s | ratio to the first (0) |\n|---|---|---|---|")
     rows = []
     for arch in args.archs.split(","):
@@ -96,12 +107,15 @@ def main() -> None:
             row["ratio"] = row["images_per_s"] / base
             rows.append(row)
             label = freeze_label(tuple(row["freeze"]))
-            print(
-                f"| {arch} | {label} | {row['images_per_s']:.1f} | {row['ratio']:.2f} |", flush=True
-            )
+            print(f"| {arch} | {label} | {row['images_per_s']:.1f} | {row['ratio']:.2f} |", flush=True)
     if args.json:
-        meta = {"device": device, "batch": args.batch, "steps": args.steps,
-                "mixed_precision": args.mixed_precision, "compile": args.compile}  # fmt: skip
+        meta = {
+            "device": device,
+            "batch": args.batch,
+            "steps": args.steps,
+            "mixed_precision": args.mixed_precision,
+            "compile": args.compile,
+        }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 

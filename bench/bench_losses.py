@@ -131,9 +131,7 @@ def skip_reason(provider: str, device: str) -> str | None:
 def table(device: str, dtype_name: str) -> str:
     """Markdown table of the best times in RESULTS with ratios to the eager reference."""
     cuda = device == "cuda"
-    head = (
-        "| shape | mode | eager ms | compiled ms | fused ms | fused vs eager | fused vs compiled |"
-    )
+    head = "| shape | mode | eager ms | compiled ms | fused ms | fused vs eager | fused vs compiled |"
     head += " fused GB/s | % of copy |" if cuda else ""
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     dtype = DTYPES[dtype_name]
@@ -176,9 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=DEVICE)
     parser.add_argument("--dtype", default=DTYPE_NAME, choices=sorted(DTYPES))
-    parser.add_argument(
-        "--rounds", type=int, default=None, help="timed calls per case (best is kept)"
-    )
+    parser.add_argument("--rounds", type=int, default=None, help="timed calls per case (best is kept)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -51,16 +51,17 @@ def _env(name: str, cpu: str, cuda: str) -> str:
 
 DEVICE = os.environ.get("KGA_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 ARCHS = [a for a in _env("KGA_BENCH_ARCHS", "resnet18,vgg11", "resnet18,vgg11").split(",") if a]
-FREEZES = [tuple(int(b) for b in f.split(",") if b != "0") for f in _env("KGA_BENCH_FREEZES", "0;1;1,2;1,2,3", "0;1;1,2;1,2,3").split(";")]  # fmt: skip
+FREEZES = [
+    tuple(int(b) for b in f.split(",") if b != "0")
+    for f in _env("KGA_BENCH_FREEZES", "0;1;1,2;1,2,3", "0;1;1,2;1,2,3").split(";")
+]
 STEPS = int(_env("KGA_BENCH_STEPS", "2", "98"))
 BATCH = int(os.environ.get("KGA_BENCH_BATCH", "256"))
 REPEATS = int(os.environ.get("KGA_BENCH_REPEATS", "1"))
 BF16_OK = DEVICE == "cuda" and torch.cuda.is_bf16_supported()
 PRECISION = os.environ.get("KGA_BENCH_PRECISION", "bf16" if BF16_OK else "no")
 COMPILE = _env("KGA_BENCH_COMPILE", "0", "first")  # 0 | 1 | first (first freeze config only)
-PRETRAIN_ARCHS = [
-    a for a in _env("KGA_BENCH_PRETRAIN", "resnet18", "resnet18-cifar").split(",") if a
-]
+PRETRAIN_ARCHS = [a for a in _env("KGA_BENCH_PRETRAIN", "resnet18", "resnet18-cifar").split(",") if a]
 PRETRAIN_STEPS = int(_env("KGA_BENCH_PRETRAIN_STEPS", "3", "100"))
 FULL = _env("KGA_BENCH_FULL", "0", "1") == "1"
 SIDES = ("paper", "ours") + (("ours+compile",) if COMPILE != "0" else ())
@@ -86,7 +87,9 @@ def sync() -> None:
 
 
 def images(n: int, seed: int) -> torch.Tensor:  # (n, 3, 32, 32) uint8
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return torch.randint(
+        0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def teachers(arch: str) -> dict:
@@ -94,7 +97,7 @@ def teachers(arch: str) -> dict:
     if _STATE.get("arch") != arch:
         _STATE.pop("models", None)  # free the previous architecture first (VGG11 is 130M params)
         torch.manual_seed(0)
-        _STATE["models"] = {k: build_model(arch, 10, 3).to(DEVICE).eval() for k in ("Ad", "Af", "An")}  # fmt: skip
+        _STATE["models"] = {k: build_model(arch, 10, 3).to(DEVICE).eval() for k in ("Ad", "Af", "An")}
         _STATE["arch"] = arch
     return _STATE["models"]
 
@@ -106,12 +109,14 @@ def run_side(arch: str, freeze: tuple[int, ...], side: str, batches: int) -> dic
     data = UnlearnData(images(n, 1), images(n, 2), images(BATCH, 3), MEAN, STD)
     models = teachers(arch)
     if side == "paper":
-        cfg = PaperConfig(lr=PAPER.lr, eps=PAPER.eps, ratio=PAPER.ratio, inner_steps=PAPER.inner_steps, batch_size=BATCH)  # fmt: skip
+        cfg = PaperConfig(
+            lr=PAPER.lr, eps=PAPER.eps, ratio=PAPER.ratio, inner_steps=PAPER.inner_steps, batch_size=BATCH
+        )
         _, seconds, _ = paper_unlearn(models, data, cfg, freeze=freeze, seed=0, device=DEVICE)
         return {"seconds": seconds, "cache_seconds": 0.0}
     cfg = dataclasses.replace(PAPER, epochs=1, batch_size=BATCH, compile=side == "ours+compile")
     result = unlearn(models, data, cfg, freeze=freeze, seed=0, accelerator=accelerator())
-    return {"seconds": result.seconds - result.cache_seconds, "cache_seconds": result.cache_seconds}  # fmt: skip
+    return {"seconds": result.seconds - result.cache_seconds, "cache_seconds": result.cache_seconds}
 
 
 def wanted(freeze: tuple[int, ...], side: str) -> bool:
@@ -126,9 +131,9 @@ def measure(arch: str, freeze: tuple[int, ...], side: str) -> dict:
         run_side(arch, freeze, side, 1)
         _STATE["warm"].add(key)
     # The fastest of REPEATS runs: the least disturbed by other work on a shared machine.
-    out = min((run_side(arch, freeze, side, STEPS) for _ in range(REPEATS)), key=lambda r: r["seconds"])  # fmt: skip
+    out = min((run_side(arch, freeze, side, STEPS) for _ in range(REPEATS)), key=lambda r: r["seconds"])
     RESULTS[(arch, freeze_label(freeze), side)] = out
-    print(f"{arch} {freeze_label(freeze)} {side}: {STEPS * BATCH / out['seconds']:.0f} img/s", flush=True)  # fmt: skip
+    print(f"{arch} {freeze_label(freeze)} {side}: {STEPS * BATCH / out['seconds']:.0f} img/s", flush=True)
     return out
 
 
@@ -141,8 +146,18 @@ def pretrain_images_per_second(arch: str, steps: int) -> float:
     model = accel.to_train_layout(model, acc)
     n = (steps + 2) * BATCH
     labels = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(4))
-    loader = accel.rank_loader(acc, images(n, 5), labels, global_batch=BATCH, mean=MEAN, std=STD, shuffle=True, seed=0, drop_last=True)  # fmt: skip
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)  # fmt: skip
+    loader = accel.rank_loader(
+        acc,
+        images(n, 5),
+        labels,
+        global_batch=BATCH,
+        mean=MEAN,
+        std=STD,
+        shuffle=True,
+        seed=0,
+        drop_last=True,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     model, optimizer = acc.prepare(model, optimizer)
     model.train()
     try:
@@ -176,8 +191,8 @@ def full_paper_run() -> dict:
 
 def table() -> str:
     """Markdown: per arch and freeze, images/s of each side and the ratios of this run."""
-    where = torch.cuda.get_device_name() if DEVICE == "cuda" else f"CPU, {torch.get_num_threads()} threads"  # fmt: skip
-    head = f"{where}, torch {torch.__version__}, batch {BATCH}, {STEPS} retain batches per run, ours in {PRECISION}, paper loop in fp32"  # fmt: skip
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    head = f"{where}, torch {torch.__version__}, batch {BATCH}, {STEPS} retain batches per run, ours in {PRECISION}, paper loop in fp32"
     cols = ["arch", "freeze"] + [f"{s} img/s" for s in SIDES] + ["ours caching s", "ours vs paper"]
     cols += [f"ours vs paper, {EPOCHS} epochs with caching"]
     cols += ["compiled vs paper"] * (COMPILE != "0") + ["ours vs ours (0)", "paper vs paper (0)"]
@@ -189,7 +204,9 @@ def table() -> str:
                 lines.append("| " + " | ".join(row) + " |")
     extra = [f"pretraining {a}: {v:.0f} images/s ({PRECISION})" for a, v in PRETRAIN.items()]
     if FULL_RUN:
-        extra.append(f"full paper-preset run, resnet18, 15 epochs x 25,000: {FULL_RUN['seconds']:.1f} s (caching {FULL_RUN['cache_seconds']:.1f} s)")  # fmt: skip
+        extra.append(
+            f"full paper-preset run, resnet18, 15 epochs x 25,000: {FULL_RUN['seconds']:.1f} s (caching {FULL_RUN['cache_seconds']:.1f} s)"
+        )
     return "\n".join([head, "", *lines, "", *extra])
 
 
@@ -245,7 +262,7 @@ def test_unlearning_throughput(benchmark, arch, freeze, side):
 
 @pytest.mark.parametrize("arch", PRETRAIN_ARCHS)
 def test_pretraining_throughput(benchmark, arch):
-    assert benchmark.pedantic(pretrain_images_per_second, args=(arch, PRETRAIN_STEPS), rounds=1) > 0  # fmt: skip
+    assert benchmark.pedantic(pretrain_images_per_second, args=(arch, PRETRAIN_STEPS), rounds=1) > 0
 
 
 @pytest.mark.skipif(not FULL, reason="KGA_BENCH_FULL=1 runs it (default on CUDA only)")

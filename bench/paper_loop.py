@@ -111,9 +111,7 @@ def paper_unlearn(
     student = paper_freeze(copy.deepcopy(models["Ad"]).float().requires_grad_(True), freeze)
     student.frozen = ()  # no no_grad prefix: the paper ran the whole model with autograd on
     student.to(device).train()
-    optimizer = torch.optim.Adam(
-        [p for p in student.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.eps
-    )
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.eps)
     retain = _loader(data.retain, data.mean, data.std, cfg.batch_size, seed)
     forget = _endless(_loader(data.forget, data.mean, data.std, cfg.batch_size, seed + 1))
     new = _endless(_loader(data.new, data.mean, data.std, cfg.batch_size, seed + 2))

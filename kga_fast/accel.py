@@ -39,9 +39,7 @@ def _cpu_threads(accelerator: Accelerator) -> None:
     (KGA_FAST_CPU_THREADS overrides; under plain python or torchrun nothing changes)."""
     wanted = os.environ.get("KGA_FAST_CPU_THREADS")
     if wanted is None:
-        launched = (
-            "ACCELERATE_DYNAMO_BACKEND" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1"
-        )
+        launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1"
         if not launched:
             return
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
@@ -149,7 +147,7 @@ def resume(accelerator: Accelerator, state_dir: Path | None, key: dict) -> dict 
     restored), None when there is nothing to resume; UserError for another run's state."""
     saved = load_state(accelerator, state_dir) if state_dir is not None else None
     if saved is not None and saved.get("key") != key:
-        raise UserError(f"{state_dir} holds the state of another configuration; delete it to start over")  # fmt: skip
+        raise UserError(f"{state_dir} holds the state of another configuration; delete it to start over")
     return saved
 
 
@@ -183,7 +181,10 @@ def peak_memory(accelerator: Accelerator) -> dict:
     """{"bytes", "kind"} since `reset_peak_memory`: "cuda_max_allocated" on a GPU, "cpu_peak_rss"
     (this process's VmHWM) on the CPU; {"bytes": None, ...} where neither can be read."""
     if accelerator.device.type == "cuda":
-        return {"bytes": int(torch.cuda.max_memory_allocated(accelerator.device)), "kind": "cuda_max_allocated"}  # fmt: skip
+        return {
+            "bytes": int(torch.cuda.max_memory_allocated(accelerator.device)),
+            "kind": "cuda_max_allocated",
+        }
     try:
         status = Path("/proc/self/status").read_text()
         kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))

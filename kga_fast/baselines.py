@@ -9,6 +9,13 @@ resume and result type (kga_fast.unlearn.UnlearnResult).
 - gradient_ascent: minus the cross-entropy on D_f ("GA").
 - random_label: cross-entropy on D_r with true labels and D_f with random wrong labels, one
   shuffled union as SalUn's "RL" trains (each D_f sample keeps its wrong label for the run).
+- salun: Fan, Liu, Zhang, Wong, Wei, Liu, "SalUn: Empowering Machine Unlearning via Gradient-
+  based Weight Saliency", ICLR 2024. A saliency mask from the forget loss's gradient at A_d,
+  g = sum over D_f batches of grad CE(A_d(x), y): m = 1(|g| >= gamma), gamma chosen so that
+  the share `saliency` (0.5, the paper's median) of the trainable weights with the largest |g|
+  is updated; then random_label's training with every gradient multiplied by m, and the
+  masked-out weights restored after each step (so weight decay and momentum leave them
+  exactly at A_d's values, as the reference code's RL does).
 - scrub: Kurmanji, Triantafillou, Hayes, Triantafillou, "Towards Unbounded Machine
   Unlearning", NeurIPS 2023. Teacher A_d, student a copy of A_d. Each epoch, while epoch <
   max_epochs, one max-pass over D_f maximizing KL(teacher || student) at temperature T; then
@@ -42,8 +49,8 @@ from kga_fast.losses import kl_rows
 from kga_fast.models import StagedNet
 from kga_fast.unlearn import UnlearnData, UnlearnResult, start_from_ad, stream_seed
 
-METHODS = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "scrub")
-TRAINED = ("finetune", "gradient_ascent", "random_label", "scrub")  # what unlearn_baseline runs
+METHODS = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "salun", "scrub")
+TRAINED = ("finetune", "gradient_ascent", "random_label", "salun", "scrub")  # unlearn_baseline's
 
 
 @dataclass
@@ -69,21 +76,26 @@ class BaselineConfig:
     temperature: float = 4.0  # SCRUB: distillation temperature ("kd_T")
     alpha: float = 0.001  # SCRUB: weight of the KL on D_r in the min-steps
     gamma: float = 0.99  # SCRUB: weight of the cross-entropy on D_r in the min-steps
+    saliency: float = 0.5  # SalUn: share of the trainable weights its mask lets train
 
 
 BASELINE_PRESETS = {
     "finetune": BaselineConfig("finetune", lr=0.01, epochs=3),
     "gradient_ascent": BaselineConfig("gradient_ascent", lr=1e-4, epochs=2),
     "random_label": BaselineConfig("random_label", lr=0.01, epochs=2),
+    "salun": BaselineConfig("salun", lr=0.01, epochs=2, saliency=0.5),
     "scrub": BaselineConfig("scrub", lr=5e-4, epochs=3, max_epochs=2),
 }
 
 
 def baseline_config_key(cfg: BaselineConfig) -> dict:
     """What results.json records as "config" (SCRUB-only fields dropped for the others)."""
-    scrub_only = ("forget_batch_size", "max_epochs", "temperature", "alpha", "gamma")
-    key = dataclasses.asdict(cfg)
-    return {k: v for k, v in key.items() if cfg.method == "scrub" or k not in scrub_only}
+    only = {
+        "scrub": ("forget_batch_size", "max_epochs", "temperature", "alpha", "gamma"),
+        "salun": ("saliency",),
+    }
+    other = [k for m, keys in only.items() if m != cfg.method for k in keys]
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in other}
 
 
 def check_baseline_config(cfg: BaselineConfig) -> BaselineConfig:
@@ -92,11 +104,11 @@ def check_baseline_config(cfg: BaselineConfig) -> BaselineConfig:
     for name in ("lr", "batch_size", "epochs", "forget_batch_size", "temperature"):
         if not getattr(cfg, name) > 0:
             raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(cfg, name)}")
+    if not 0 < cfg.saliency <= 1:
+        raise UserError(f"saliency must be in (0, 1], got {cfg.saliency}")
     for name in ("momentum", "weight_decay", "max_epochs", "alpha", "gamma"):
         if getattr(cfg, name) < 0:
-            raise UserError(
-                f"{name.replace('_', ' ')} must not be negative, got {getattr(cfg, name)}"
-            )
+            raise UserError(f"{name.replace('_', ' ')} must not be negative, got {getattr(cfg, name)}")
     return cfg
 
 
@@ -146,11 +158,19 @@ def unlearn_baseline(
         batch = min(batch, len(images) // world)  # a small D_f: one batch of all of it
         if batch < 2:  # BatchNorm in train mode needs two samples
             raise UserError(f"{method}: {len(images)} images are too few for {world} process(es)")
-        return accel.rank_loader(accelerator, images, labels, global_batch=batch * world,
-                                 mean=data.mean, std=data.std, shuffle=True,
-                                 seed=stream_seed(seed, stream), drop_last=True)  # fmt: skip
+        return accel.rank_loader(
+            accelerator,
+            images,
+            labels,
+            global_batch=batch * world,
+            mean=data.mean,
+            std=data.std,
+            shuffle=True,
+            seed=stream_seed(seed, stream),
+            drop_last=True,
+        )
 
-    if method == "random_label":  # a wrong label per D_f sample: (y + U{1..K-1}) mod K
+    if method in ("random_label", "salun"):  # a wrong label per D_f sample: (y + U{1..K-1}) mod K
         g = torch.Generator().manual_seed(seed)
         shift = torch.randint(1, num_classes, (len(data.forget),), generator=g)
         wrong = (data.forget_labels + shift) % num_classes  # (N_f,)
@@ -161,20 +181,22 @@ def unlearn_baseline(
     else:
         main_dl = loader(0, data.retain, data.retain_labels, cfg.batch_size)
     forget_dl = (
-        loader(1, data.forget, data.forget_labels, cfg.forget_batch_size)
-        if method == "scrub"
-        else None
+        loader(1, data.forget, data.forget_labels, cfg.forget_batch_size) if method == "scrub" else None
     )
 
     raw = start_from_ad(models, freeze, accelerator)
     params = [p for p in raw.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     student, optimizer = accelerator.prepare(raw, optimizer)
-    key = baseline_config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
-                                      "mixed_precision": str(accelerator.mixed_precision)}  # fmt: skip
+    key = baseline_config_key(cfg) | {
+        "freeze": list(freeze),
+        "seed": seed,
+        "world_size": world,
+        "mixed_precision": str(accelerator.mixed_precision),
+    }
     progress = {"epoch": 0, "seconds": 0.0, "losses": {}, "key": key}
+
+    mask: dict[torch.nn.Parameter, torch.Tensor] = {}  # SalUn: parameter -> bool saliency mask
 
     def run_pass(dl: DeviceLoader, name: str, loss_of, epoch: int, bar) -> None:
         """One pass over `dl`, an optimizer step per batch; records the pass's mean loss."""
@@ -185,8 +207,13 @@ def unlearn_baseline(
                 out = student(x).float()  # (B, K)
             loss = loss_of(out, y, idx)
             accelerator.backward(loss)
+            for p, m in mask.items():
+                p.grad.mul_(m)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():  # masked-out weights stay A_d's (weight decay, momentum)
+                for p, m in mask.items():
+                    p.copy_(torch.where(m, p, start[p]))
             total += loss.detach()
             bar.update(1)
         mean = total / len(dl)
@@ -211,13 +238,21 @@ def unlearn_baseline(
     passes = {
         "finetune": [(main_dl, "loss", cross_entropy, cfg.epochs)],
         "random_label": [(main_dl, "loss", cross_entropy, cfg.epochs)],
+        "salun": [(main_dl, "loss", cross_entropy, cfg.epochs)],
         "gradient_ascent": [(main_dl, "loss", ascent, cfg.epochs)],
         "scrub": [
             (forget_dl, "max_step", scrub_max, cfg.max_epochs),
             (main_dl, "min_step", scrub_min, cfg.epochs),
-        ],  # fmt: skip
+        ],
     }[method]
 
+    t0 = time.perf_counter()
+    if method == "salun":  # the mask, from A_d's forget-loss gradient, before any resume
+        start = {p: p.detach().clone() for p in params}  # A_d's weights, kept where m is 0
+        mask = saliency_mask(
+            raw, params, loader(2, data.forget, data.forget_labels, cfg.batch_size), cfg.saliency, accelerator
+        )
+    mask_seconds = time.perf_counter() - t0  # counted in the unlearning time
     try:
         progress = accel.resume(accelerator, state_dir, key) or progress
         start_epoch, losses = progress["epoch"], progress["losses"]
@@ -226,17 +261,16 @@ def unlearn_baseline(
             teacher = {
                 split: predict(
                     models["Ad"], images, mean=data.mean, std=data.std, accelerator=accelerator
-                ).to(device)  # fmt: skip
+                ).to(device)
                 for split, images in (("retain", data.retain), ("forget", data.forget))
             }
         accel.synchronize(accelerator)
-        cache_seconds = time.perf_counter() - t0
+        cache_seconds = time.perf_counter() - t0 + mask_seconds
         seconds = progress["seconds"] + cache_seconds
-        total_steps = sum(
-            len(dl) * (min(n, cfg.epochs) - min(n, start_epoch)) for dl, _, _, n in passes
+        total_steps = sum(len(dl) * (min(n, cfg.epochs) - min(n, start_epoch)) for dl, _, _, n in passes)
+        bar = tqdm(
+            total=total_steps, desc=desc or method, leave=False, disable=not accelerator.is_local_main_process
         )
-        bar = tqdm(total=total_steps, desc=desc or method, leave=False,
-                   disable=not accelerator.is_local_main_process)  # fmt: skip
         student.train()
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -254,3 +288,31 @@ def unlearn_baseline(
     finally:
         accelerator.free_memory()  # as in unlearn(): the next run sees one model and optimizer
     return UnlearnResult(raw.eval(), seconds, cache_seconds, start_epoch, losses)
+
+
+def saliency_mask(
+    model: StagedNet, params: list[torch.nn.Parameter], forget_dl: DeviceLoader, share: float, accelerator
+) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """SalUn's hard mask: {param: bool tensor}, True for the `share` of all trainable weights
+    with the largest |sum over D_f batches of grad CE(model(x), y)| (model in eval mode, as the
+    reference computes it; under DDP the gradients are summed over processes)."""
+    was_training = model.training
+    model.eval()
+    grads = [torch.zeros_like(p) for p in params]
+    forget_dl.set_epoch(0)
+    for x, y, _ in forget_dl:
+        with accelerator.autocast():
+            loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+        for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
+            g += d
+    model.train(was_training)
+    flat = torch.cat([g.flatten() for g in grads]).abs()
+    if accelerator.num_processes > 1:
+        flat = accelerator.reduce(flat, "sum")
+    keep = max(1, round(share * flat.numel()))
+    gamma = flat.kthvalue(flat.numel() - keep + 1).values  # the keep-th largest |g|
+    mask, offset = {}, 0
+    for p in params:
+        mask[p] = (flat[offset : offset + p.numel()] >= gamma).view_as(p)
+        offset += p.numel()
+    return mask

@@ -30,16 +30,14 @@ class Teachers:
     """Outputs of the frozen teachers for a batch: cached tensors indexed by position (computed
     once by evaluate.predict, whole set on every process), or the models run on the batch."""
 
-    def __init__(
-        self, models: dict[str, StagedNet], data: UnlearnData, accelerator, cached: bool, impl
-    ):
+    def __init__(self, models: dict[str, StagedNet], data: UnlearnData, accelerator, cached: bool, impl):
         self.models, self.accelerator, self.cached, self.impl = models, accelerator, cached, impl
         for m in models.values():
             m.eval().requires_grad_(False)
         if cached:
 
             def logits(name: str, images: torch.Tensor) -> torch.Tensor:  # (N, K) on the device
-                out = predict(models[name], images, mean=data.mean, std=data.std, accelerator=accelerator)  # fmt: skip
+                out = predict(models[name], images, mean=data.mean, std=data.std, accelerator=accelerator)
                 return out.to(accelerator.device)
 
             self.retain_logits = logits("Ad", data.retain)  # (N_r, K)
@@ -82,16 +80,22 @@ class PrefixCache:
         @torch.no_grad()
         def features(images: torch.Tensor) -> torch.Tensor:  # (N, C', H', W') on the device
             loader = DeviceLoader(
-                images, torch.zeros(len(images), dtype=torch.int64), batch_size=512,
-                mean=data.mean, std=data.std, shuffle=False, seed=0, device=accelerator.device,
+                images,
+                torch.zeros(len(images), dtype=torch.int64),
+                batch_size=512,
+                mean=data.mean,
+                std=data.std,
+                shuffle=False,
+                seed=0,
+                device=accelerator.device,
                 channels_last=layout,
-            )  # fmt: skip
+            )
             out = None
             with accelerator.autocast():
                 for x, _, idx in loader:
                     h = student.prefix(x, self.start)  # (B, C', H', W')
                     if out is None:
-                        out = torch.empty((len(images), *h.shape[1:]), dtype=h.dtype, device=h.device)  # fmt: skip
+                        out = torch.empty((len(images), *h.shape[1:]), dtype=h.dtype, device=h.device)
                         if layout:
                             out = out.contiguous(memory_format=torch.channels_last)
                     out[idx] = h
@@ -102,8 +106,10 @@ class PrefixCache:
         probe = features(data.retain[:1])  # (1, C', H', W')
         need = probe.element_size() * probe.numel() * (len(data.retain) + len(data.forget))
         if need > limit_gb * 2**30:
-            self.skipped = (f"the frozen-prefix cache would need {need / 2**30:.1f} GiB, more than "
-                            f"its limit of {limit_gb:g} GiB (--prefix-cache-gb): the prefix runs every batch")  # fmt: skip
+            self.skipped = (
+                f"the frozen-prefix cache would need {need / 2**30:.1f} GiB, more than "
+                f"its limit of {limit_gb:g} GiB (--prefix-cache-gb): the prefix runs every batch"
+            )
             return
         self.sets = {"retain": features(data.retain), "forget": features(data.forget)}
 

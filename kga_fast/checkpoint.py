@@ -50,9 +50,7 @@ def save_model(run_dir: str | Path, name: str, model: StagedNet, meta: dict) -> 
     in_channels, frozen (1-based block numbers, the paper's notation) and package versions.
     """
     if not isinstance(model, StagedNet):
-        raise TypeError(
-            f"save_model needs a StagedNet (unwrap DDP/compile first), got {type(model)}"
-        )
+        raise TypeError(f"save_model needs a StagedNet (unwrap DDP/compile first), got {type(model)}")
     weights, info = _paths(run_dir, name)
     num_classes, in_channels = model_shape(model)
     meta = {
@@ -106,15 +104,11 @@ def load_model(
     wanted = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels}
     for key, value in wanted.items():
         if value is not None and value != saved[key]:
-            raise UserError(
-                f"{weights} has {key}={saved[key]!r}, but {key}={value!r} was asked for"
-            )
+            raise UserError(f"{weights} has {key}={saved[key]!r}, but {key}={value!r} was asked for")
     model = build_model(saved["arch"], saved["num_classes"], saved["in_channels"])
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except (SafetensorError, RuntimeError, OSError) as e:
         why = " ".join(str(e).split())[:300] or type(e).__name__
-        raise UserError(
-            f"cannot load {weights} into the {saved['arch']} its JSON names: {why}"
-        ) from None
+        raise UserError(f"cannot load {weights} into the {saved['arch']} its JSON names: {why}") from None
     return model.to(device).eval(), meta

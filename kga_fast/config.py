@@ -97,9 +97,7 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 NORMALIZATIONS = {
@@ -127,16 +125,12 @@ def _normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
     d = defaults or RunConfig()
     g = parser.add_argument_group("run folder, data and split")
-    g.add_argument(
-        "--run-dir", type=Path, default=None, help="run folder (default: runs/<dataset>-<arch>)"
-    )
+    g.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<dataset>-<arch>)")
     g.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)}")
     g.add_argument(
         "--data-dir", default=d.data_dir, help="dataset folder (default: the dataset's usual place)"
     )
-    g.add_argument(
-        "--download", action="store_true", help="download the dataset with torchvision (online)"
-    )
+    g.add_argument("--download", action="store_true", help="download the dataset with torchvision (online)")
     g.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)}")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the split and of pretraining")
     g.add_argument(
@@ -156,14 +150,27 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
         default=d.forget_index_file,
         help="forget these train indices (.json/.npy/.txt)",
     )
-    g.add_argument("--forget-list", default=d.forget_list, metavar="FILE",
-                   help="--dataset folder: forget these images, one path per line relative to DIR/train")  # fmt: skip
-    g.add_argument("--image-size", type=int, default=d.image_size,
-                   help="--dataset folder: resize every image to this size once (default 32)")  # fmt: skip
-    g.add_argument("--normalize", type=_normalization, default=d.normalize, metavar="MEAN,STD",
-                   help="the normalization your model was trained with: imagenet, cifar10, unit "
-                   "([0, 1] pixels), or C means then C stds, e.g. 0.5,0.5 (default: the dataset's "
-                   "train statistics)")  # fmt: skip
+    g.add_argument(
+        "--forget-list",
+        default=d.forget_list,
+        metavar="FILE",
+        help="--dataset folder: forget these images, one path per line relative to DIR/train",
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="--dataset folder: resize every image to this size once (default 32)",
+    )
+    g.add_argument(
+        "--normalize",
+        type=_normalization,
+        default=d.normalize,
+        metavar="MEAN,STD",
+        help="the normalization your model was trained with: imagenet, cifar10, unit "
+        "([0, 1] pixels), or C means then C stds, e.g. 0.5,0.5 (default: the dataset's "
+        "train statistics)",
+    )
     g.add_argument(
         "--new-fraction",
         type=float,
@@ -203,17 +210,17 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
         help="autocast precision (default: accelerate's config)",
     )
     p = parser.add_argument_group("pretraining of A_d, A_f, A_n, A_r")
-    p.add_argument("--model", default=None, metavar="PATH",
-                   help="your trained model as A_d (safetensors or torch.save(state_dict) of a "
-                   "torchvision resnet18 / vgg11, or of our -cifar variants): not trained")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="your trained model as A_d (safetensors or torch.save(state_dict) of a "
+        "torchvision resnet18 / vgg11, or of our -cifar variants): not trained",
+    )
     p.add_argument("--pretrain-preset", choices=sorted(PRETRAIN_PRESETS), default=d.pretrain.preset)
     p.add_argument("--pretrain-epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument(
-        "--pretrain-batch-size", type=int, default=None, help="override the preset's global batch"
-    )
-    p.add_argument(
-        "--pretrain-lr", type=float, default=None, help="override the preset's learning rate"
-    )
+    p.add_argument("--pretrain-batch-size", type=int, default=None, help="override the preset's global batch")
+    p.add_argument("--pretrain-lr", type=float, default=None, help="override the preset's learning rate")
     p.add_argument(
         "--pretrain-save-every",
         type=float,
@@ -221,6 +228,19 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
         metavar="SECONDS",
         help="save resume state at most this often (0: every epoch; default 30)",
     )
+
+
+QUICK_SUBSETS = (8000, 4000)  # train / test images of the quick run (no --full)
+
+
+def use_quick_subsets(args: argparse.Namespace) -> None:
+    """The quick run's seeded subsets of a built-in dataset, unless sizes or --full were given
+    (a folder dataset, the user's own images, is used whole)."""
+    if not args.full and args.dataset != "folder":
+        if args.train_subset is None:
+            args.train_subset = QUICK_SUBSETS[0]
+        if args.test_subset is None:
+            args.test_subset = QUICK_SUBSETS[1]
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -235,17 +255,13 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, f"pretrain_{name}")
         if value is not None:
             if value <= 0:
-                raise UserError(
-                    f"--pretrain-{name.replace('_', '-')} must be positive, got {value}"
-                )
+                raise UserError(f"--pretrain-{name.replace('_', '-')} must be positive, got {value}")
             setattr(pre, name, value)
     for name in ("train_subset", "test_subset"):
         value = getattr(args, name)
         if value is not None and value < 2:
             raise UserError(f"--{name.replace('_', '-')} must be at least 2, got {value}")
-    run_dir = (
-        args.run_dir if args.run_dir is not None else Path("runs") / f"{args.dataset}-{args.arch}"
-    )
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / f"{args.dataset}-{args.arch}"
     return RunConfig(
         run_dir=Path(run_dir),
         dataset=args.dataset,

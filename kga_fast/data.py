@@ -61,9 +61,7 @@ def _read_idx(path: Path) -> np.ndarray:
     shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
-        raise UserError(
-            f"{path} is truncated: expected {math.prod(shape)} values, found {data.size}"
-        )
+        raise UserError(f"{path} is truncated: expected {math.prod(shape)} values, found {data.size}")
     return data.reshape(shape)
 
 
@@ -106,9 +104,7 @@ def _fashion_mnist(root: Path | None, train: bool, download: bool) -> tuple[np.n
     return padded, labels
 
 
-def _cifar(
-    name: str, root: Path | None, train: bool, download: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _cifar(name: str, root: Path | None, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 32, 32) images and (N,) labels from the standard pickled python batches."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -147,12 +143,15 @@ def _folder(root: Path, image_size: int) -> dict:
 
 def _folder_set(root: Path | None, train: bool, image_size: int) -> ImageSet:
     if root is None:
-        raise UserError("--dataset folder needs --data-dir DIR (with DIR/train/<class>/ and DIR/test/<class>/)")  # fmt: skip
+        raise UserError(
+            "--dataset folder needs --data-dir DIR (with DIR/train/<class>/ and DIR/test/<class>/)"
+        )
     tree = _folder(root.resolve(), image_size)
     images, labels, paths = tree["train" if train else "test"]
     mean, std = channel_stats(tree["train"][0])  # the train split's statistics, for both splits
-    return ImageSet("folder", torch.from_numpy(images), torch.from_numpy(labels),
-                    len(tree["classes"]), mean, std, paths)  # fmt: skip
+    return ImageSet(
+        "folder", torch.from_numpy(images), torch.from_numpy(labels), len(tree["classes"]), mean, std, paths
+    )
 
 
 def load_images(

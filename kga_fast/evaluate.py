@@ -85,9 +85,9 @@ def predict(
     # Row j of rank r held padded position j * world + r; positions >= n are the wrap-around
     # padding, repeats of samples another rank already predicted.
     per_rank = loader.per_rank
-    padded_pos = torch.arange(per_rank).repeat(world) * world + torch.arange(
-        world
-    ).repeat_interleave(per_rank)
+    padded_pos = torch.arange(per_rank).repeat(world) * world + torch.arange(world).repeat_interleave(
+        per_rank
+    )
     keep = padded_pos < n
     out = torch.empty(n, gathered.shape[1], dtype=torch.float32)
     out[idx[keep]] = gathered[keep]
@@ -100,14 +100,10 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     if logits.dim() != 2 or logits.shape[1] != num_classes:
         raise ValueError(f"expected logits (N, {num_classes}), got {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],) or len(labels) == 0:
-        raise ValueError(
-            f"expected {logits.shape[0]} labels (N > 0), got shape {tuple(labels.shape)}"
-        )
+        raise ValueError(f"expected {logits.shape[0]} labels (N > 0), got shape {tuple(labels.shape)}")
 
 
-def classification_metrics(
-    logits: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> dict[str, float]:
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Accuracy and macro-F1 over the whole split: (N, C) logits, (N,) labels -> plain floats.
 
     Macro-F1 averages over the classes present in the labels or the predictions (as

@@ -24,7 +24,9 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", 
 
 def _files(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[Path], list[int]]:
     if not split_dir.is_dir():
-        raise UserError(f"image folder {split_dir} does not exist (expected DIR/train/<class>/ and DIR/test/<class>/)")  # fmt: skip
+        raise UserError(
+            f"image folder {split_dir} does not exist (expected DIR/train/<class>/ and DIR/test/<class>/)"
+        )
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if not found:
         raise UserError(f"{split_dir} has no class folders")
@@ -37,7 +39,11 @@ def _files(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[
     paths, labels = [], []
     for label, name in enumerate(classes):
         folder = split_dir / name
-        images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS) if folder.is_dir() else []  # fmt: skip
+        images = (
+            sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            if folder.is_dir()
+            else []
+        )
         if not images and name in found:
             raise UserError(f"class folder {folder} has no images ({', '.join(EXTENSIONS)})")
         paths += images
@@ -77,7 +83,7 @@ def read_image_folder(root: str | Path, image_size: int = 32):
         raise UserError(f"{root / 'test'} has no images")
     mode = "L" if all(_is_gray(p) for p in train_paths + test_paths) else "RGB"
     out = {"classes": classes}
-    for split, paths, labels in (("train", train_paths, train_labels), ("test", test_paths, test_labels)):  # fmt: skip
+    for split, paths, labels in (("train", train_paths, train_labels), ("test", test_paths, test_labels)):
         images = np.stack([_read(p, mode, image_size) for p in paths])
         relative = [p.relative_to(root / split).as_posix() for p in paths]
         out[split] = (images, np.asarray(labels, dtype=np.int64), relative)
@@ -109,5 +115,5 @@ def read_forget_list(path: str | Path, train_paths: list[str]) -> np.ndarray:
     if len(set(names)) != len(names):
         raise UserError(f"forget list {path} names an image twice")
     if len(names) == len(train_paths):
-        raise UserError(f"forget list {path} names every train image: nothing would be left to retain")  # fmt: skip
+        raise UserError(f"forget list {path} names every train image: nothing would be left to retain")
     return np.sort(np.asarray([position[n] for n in names], dtype=np.int64))

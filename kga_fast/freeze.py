@@ -28,9 +28,7 @@ def parse_freeze(spec: str | list[int] | tuple[int, ...], arch: str) -> tuple[in
     n_blocks = len(block_names(arch))
     bad = [b for b in numbers if not 1 <= b <= n_blocks]
     if bad:
-        raise UserError(
-            f"freeze block {bad[0]} out of range for {arch}: it has blocks 1..{n_blocks}"
-        )
+        raise UserError(f"freeze block {bad[0]} out of range for {arch}: it has blocks 1..{n_blocks}")
     if len(set(numbers)) != len(numbers):
         raise UserError(f"freeze spec {spec!r} names a block twice")
     return tuple(sorted(numbers))

@@ -57,9 +57,7 @@ def _check_pair(p: torch.Tensor, q: torch.Tensor) -> None:
         raise ValueError(f"logits on different devices: {p.device} and {q.device}")
 
 
-def kl_rows(
-    p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None
-) -> torch.Tensor:
+def kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
     """KL(softmax(p) || softmax(q)) per row, natural log: (N, C), (N, C) -> (N,) float32."""
     _check_pair(p_logits, q_logits)
     if resolve_impl(impl, p_logits.device) == "fused":
@@ -69,9 +67,7 @@ def kl_rows(
     return reference.kl_rows(p_logits, q_logits)
 
 
-def jsd_rows(
-    p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None
-) -> torch.Tensor:
+def jsd_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
     """Jensen-Shannon divergence per row (nats): (N, C), (N, C) -> (N,) float32."""
     _check_pair(p_logits, q_logits)
     if resolve_impl(impl, p_logits.device) == "fused":
@@ -120,9 +116,7 @@ def alignment_loss(
         return (kl - gap).abs().mean()
     if reduction == "batch":
         if gap.dim() != 1 or gap.numel() == 0:
-            raise ValueError(
-                f"reduction='batch' needs a non-empty 1-D gap, got shape {tuple(gap.shape)}"
-            )
+            raise ValueError(f"reduction='batch' needs a non-empty 1-D gap, got shape {tuple(gap.shape)}")
         return (kl.mean() - gap.mean()).abs()
     raise UserError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
 

@@ -20,7 +20,7 @@ from kga_fast.freeze import freeze_label
 
 # The same names as kga_fast.baselines.METHODS and kga_fast.audit.ATTACKS (checked by the
 # tests), kept here so that building a report imports neither torch training code nor sklearn.
-METHOD_ORDER = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "scrub")
+METHOD_ORDER = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "salun", "scrub")
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
 
 # A column's value for one record and model: "A*" in a method row, "Ad" / "Ar" in a reference row.

@@ -47,7 +47,9 @@ class StagedNet(nn.Module):
         frozen prefix), and only blocks k.. and the head run."""
         if start:
             if torch.is_grad_enabled() and start > self.frozen_prefix():
-                raise ValueError(f"start={start} skips trainable blocks (frozen prefix: {self.frozen_prefix()})")  # fmt: skip
+                raise ValueError(
+                    f"start={start} skips trainable blocks (frozen prefix: {self.frozen_prefix()})"
+                )
         else:
             prefix = self.frozen_prefix() if torch.is_grad_enabled() else 0
             x, start = self.prefix(x, prefix), prefix

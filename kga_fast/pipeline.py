@@ -64,7 +64,7 @@ class Job:
         return key | {"mixed_precision": str(accelerator.mixed_precision)}
 
 
-def model_name(method: str, arch: str, freeze: tuple[int, ...], seed: int, preset: str, config: dict) -> str:  # fmt: skip
+def model_name(method: str, arch: str, freeze: tuple[int, ...], seed: int, preset: str, config: dict) -> str:
     """Astar-resnet18-f12-s0-default-<hash> (baselines: <method>-resnet18-...): the hash of the
     config keeps the models of two configurations apart, so a finished model is never
     overwritten by another one."""
@@ -80,8 +80,10 @@ def summary_line(label: str, seed: int, record: dict) -> str:
     ref = "/".join(f"{ev[s]['accuracy'][m]:.3f}" for s in ("test", "forget") for m in models)
     jsd = ev["test"]["jsd"]
     to_ar = f" JSD(A*,Ar) {jsd['A*,Ar']:.4f} (Ad,Ar {jsd['Ad,Ar']:.4f});" if "A*,Ar" in jsd else ""
-    return (f"{label} seed {seed}: A* acc test/forget {acc} ({', '.join(models)}: {ref}); "
-            f"JSD(Ad,A*) {jsd['Ad,A*']:.4f};{to_ar} {record['unlearn_seconds']:.1f} s -> {record['checkpoint']}")  # fmt: skip
+    return (
+        f"{label} seed {seed}: A* acc test/forget {acc} ({', '.join(models)}: {ref}); "
+        f"JSD(Ad,A*) {jsd['Ad,A*']:.4f};{to_ar} {record['unlearn_seconds']:.1f} s -> {record['checkpoint']}"
+    )
 
 
 def _seconds_or_none(run_dir, name: str) -> float | None:
@@ -98,8 +100,15 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     run_dir, arch = run.cfg.run_dir, run.cfg.arch
     splits = {s: run.subset(s) for s in EVAL_SPLITS}
     labels = {s: y for s, (_, y) in splits.items()}
-    data = MethodData(splits["retain"][0], splits["forget"][0], run.subset("new")[0], run.train.mean,
-                      run.train.std, retain_labels=labels["retain"], forget_labels=labels["forget"])  # fmt: skip
+    data = MethodData(
+        splits["retain"][0],
+        splits["forget"][0],
+        run.subset("new")[0],
+        run.train.mean,
+        run.train.std,
+        retain_labels=labels["retain"],
+        forget_labels=labels["forget"],
+    )
     reference = ("Ad", "Ar") if job.retrain else ("Ad",)
     ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None
     helpers = {m: _seconds_or_none(run_dir, m) for m in ("Af", "An")}
@@ -109,15 +118,24 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     fixed: dict[str, dict] = {}  # logits of A_d (and A_r) per split, and their audit, once
 
     def logits_of(model, split: str):
-        return predict(model, splits[split][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator)  # fmt: skip
+        return predict(
+            model, splits[split][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator
+        )
 
     freezes = [()] if job.method == "retrain" else job.freezes  # A_r as it is: nothing frozen
     records = []
     for freeze in freezes:
         for seed in job.seeds:
             label = f"{arch}^{freeze_label(freeze)}"
-            key = {"dataset": run.cfg.dataset, "arch": arch, "freeze": list(freeze), "seed": seed,
-                   "preset": job.preset, "method": job.method, "config": config}  # fmt: skip
+            key = {
+                "dataset": run.cfg.dataset,
+                "arch": arch,
+                "freeze": list(freeze),
+                "seed": seed,
+                "preset": job.preset,
+                "method": job.method,
+                "config": config,
+            }
             found = find_result(run_dir, key)
             if found is not None:
                 accelerator.print(f"{label} seed {seed}: finished earlier, skipped")
@@ -129,15 +147,31 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
             accel.reset_peak_memory(accelerator)
             if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
                 aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
-                result = unlearn(models, aligned, job.cfg, freeze=freeze, seed=seed, accelerator=accelerator,
-                                 state_dir=state_dir, desc=desc)  # fmt: skip
+                result = unlearn(
+                    models,
+                    aligned,
+                    job.cfg,
+                    freeze=freeze,
+                    seed=seed,
+                    accelerator=accelerator,
+                    state_dir=state_dir,
+                    desc=desc,
+                )
             elif job.method == "retrain":
                 result = retrain(models, run_dir)
             else:
-                result = unlearn_baseline(models, data, job.cfg, freeze=freeze, seed=seed,
-                                          accelerator=accelerator, state_dir=state_dir, desc=desc)  # fmt: skip
+                result = unlearn_baseline(
+                    models,
+                    data,
+                    job.cfg,
+                    freeze=freeze,
+                    seed=seed,
+                    accelerator=accelerator,
+                    state_dir=state_dir,
+                    desc=desc,
+                )
             if result.epochs_resumed:
-                accelerator.print(f"{label} seed {seed}: resumed after epoch {result.epochs_resumed}")  # fmt: skip
+                accelerator.print(f"{label} seed {seed}: resumed after epoch {result.epochs_resumed}")
             peak = accel.peak_memory(accelerator)
             t0 = time.perf_counter()
             evaluation, star = {}, {}
@@ -145,23 +179,36 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
                 if split not in fixed:
                     fixed[split] = {m: logits_of(models[m], split) for m in reference}
                 star[split] = logits_of(result.model, split)
-                evaluation[split] = evaluate_unlearning(fixed[split] | {"A*": star[split]}, labels[split], run.num_classes)  # fmt: skip
-            checkpoint = "models/Ar.safetensors" if job.method == "retrain" else f"models/{name}.safetensors"  # fmt: skip
-            record = key | {"unlearn_seconds": result.seconds, "checkpoint": checkpoint,
-                            "retrain": job.retrain, "retrain_seconds": ar_seconds,
-                            "helper_seconds": helpers if job.method == "kga" else None,
-                            "helpers": run.splits.options.get("helpers", "disjoint"),
-                            "stopping": result.stopping, "losses": result.losses,
-                            "world_size": accelerator.num_processes, "eval": evaluation}  # fmt: skip
+                evaluation[split] = evaluate_unlearning(
+                    fixed[split] | {"A*": star[split]}, labels[split], run.num_classes
+                )
+            checkpoint = "models/Ar.safetensors" if job.method == "retrain" else f"models/{name}.safetensors"
+            record = key | {
+                "unlearn_seconds": result.seconds,
+                "checkpoint": checkpoint,
+                "retrain": job.retrain,
+                "retrain_seconds": ar_seconds,
+                "helper_seconds": helpers if job.method == "kga" else None,
+                "helpers": run.splits.options.get("helpers", "disjoint"),
+                "stopping": result.stopping,
+                "losses": result.losses,
+                "world_size": accelerator.num_processes,
+                "eval": evaluation,
+            }
             if accelerator.is_main_process:
                 # Membership inference on the gathered logits, once (not per rank); A_d and A_r
                 # are audited once per invocation with a fixed seed, so their values are shared.
                 if "mia" not in fixed:
-                    fixed["mia"] = audit_models({m: {s: fixed[s][m] for s in splits} for m in reference}, labels)  # fmt: skip
+                    fixed["mia"] = audit_models(
+                        {m: {s: fixed[s][m] for s in splits} for m in reference}, labels
+                    )
                 record["mia"] = fixed["mia"] | audit_models({"A*": star}, labels)
-            record["phases"] = {"helper_models": helper_total, "caching": result.cache_seconds,
-                                "unlearning": result.seconds - result.cache_seconds,
-                                "evaluation": time.perf_counter() - t0}  # fmt: skip
+            record["phases"] = {
+                "helper_models": helper_total,
+                "caching": result.cache_seconds,
+                "unlearning": result.seconds - result.cache_seconds,
+                "evaluation": time.perf_counter() - t0,
+            }
             record["peak_memory"] = peak
             if accelerator.is_main_process:
                 if job.method != "retrain":
@@ -180,7 +227,11 @@ def report(run: Run, accelerator) -> None:
         run_dir = run.cfg.run_dir
         results = load_results(run_dir)
         for split in ("test", "forget"):
-            print(f"\n{run.cfg.dataset}, {split} split (mean ± std over seeds):\n{format_table(results, split)}")  # fmt: skip
+            print(
+                f"\n{run.cfg.dataset}, {split} split (mean ± std over seeds):\n{format_table(results, split)}"
+            )
         md, png = write_report(run_dir)
-        print(f"\nresults: {run_dir / 'results.json'}\nreport:  {md}\nfigure:  {png}\nmodels:  {run_dir / 'models'}")  # fmt: skip
+        print(
+            f"\nresults: {run_dir / 'results.json'}\nreport:  {md}\nfigure:  {png}\nmodels:  {run_dir / 'models'}"
+        )
     accelerator.wait_for_everyone()

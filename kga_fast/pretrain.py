@@ -119,9 +119,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     if sync_bn:
         net = _revert_sync_batchnorm(net)
     test_images, test_labels = run.subset("test")
-    logits = predict(
-        net, test_images, mean=run.train.mean, std=run.train.std, accelerator=accelerator
-    )
+    logits = predict(net, test_images, mean=run.train.mean, std=run.train.std, accelerator=accelerator)
     metrics = classification_metrics(logits, test_labels, run.num_classes)
     accelerator.print(
         f"[{name}] done: {DESCRIPTION[name]}, {len(images)} images, {epochs} epochs, "
@@ -220,19 +218,30 @@ def import_ad(run: Run, accelerator: Accelerator) -> None:
     if has_model(cfg.run_dir, "Ad"):
         _, meta = load_model(cfg.run_dir, "Ad")
         if meta.get("sha256") != info["sha256"]:
-            raise UserError(f"{cfg.run_dir} holds an A_d that is not {cfg.model}: use a new run folder")  # fmt: skip
+            raise UserError(f"{cfg.run_dir} holds an A_d that is not {cfg.model}: use a new run folder")
         return
     test_images, test_labels = run.subset("test")
-    logits = predict(model.to(accelerator.device), test_images, mean=run.train.mean,
-                     std=run.train.std, accelerator=accelerator)  # fmt: skip
+    logits = predict(
+        model.to(accelerator.device),
+        test_images,
+        mean=run.train.mean,
+        std=run.train.std,
+        accelerator=accelerator,
+    )
     metrics = classification_metrics(logits, test_labels, run.num_classes)
     accelerator.print(
         f"[Ad] your model {cfg.model}: held-out D_t accuracy {metrics['accuracy']:.4f}, macro-F1 "
         f"{metrics['f1']:.4f} (normalization mean {run.train.mean}, std {run.train.std})"
     )
     if accelerator.is_main_process:
-        meta = {"dataset": cfg.dataset, "split": list(TRAINED_ON["Ad"]), "imported": True, **info,
-                "normalize": {"mean": list(run.train.mean), "std": list(run.train.std)},
-                "test_accuracy": metrics["accuracy"], "test_f1": metrics["f1"]}  # fmt: skip
+        meta = {
+            "dataset": cfg.dataset,
+            "split": list(TRAINED_ON["Ad"]),
+            "imported": True,
+            **info,
+            "normalize": {"mean": list(run.train.mean), "std": list(run.train.std)},
+            "test_accuracy": metrics["accuracy"],
+            "test_f1": metrics["f1"],
+        }
         save_model(cfg.run_dir, "Ad", model, meta)
     accelerator.wait_for_everyone()

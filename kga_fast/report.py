@@ -78,13 +78,19 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "unlearn_seconds": float(r["unlearn_seconds"]),
             }.items():
                 values.setdefault(path, []).append(v)
-        rows.append({
-            "dataset": first["dataset"], "arch": first["arch"], "preset": first["preset"],
-            "freeze": list(first["freeze"]), "method": first.get("method"),
-            "config": json.loads(_variant(first)), "seeds": sorted(r["seed"] for r in members),
-            "mean": {p: statistics.fmean(v) for p, v in values.items()},
-            "std": {p: statistics.stdev(v) if len(v) > 1 else 0.0 for p, v in values.items()},
-        })  # fmt: skip
+        rows.append(
+            {
+                "dataset": first["dataset"],
+                "arch": first["arch"],
+                "preset": first["preset"],
+                "freeze": list(first["freeze"]),
+                "method": first.get("method"),
+                "config": json.loads(_variant(first)),
+                "seeds": sorted(r["seed"] for r in members),
+                "mean": {p: statistics.fmean(v) for p, v in values.items()},
+                "std": {p: statistics.stdev(v) if len(v) > 1 else 0.0 for p, v in values.items()},
+            }
+        )
     _label_rows(rows)
     return rows
 
@@ -99,9 +105,7 @@ def _label_rows(rows: list[dict]) -> None:
     for row, base in zip(rows, bases, strict=True):
         twins = [o for o, b in zip(rows, bases, strict=True) if b == base]
         keys = sorted({k for o in twins for k in o["config"]})
-        differing = [
-            k for k in keys if len({json.dumps(o["config"].get(k), default=str) for o in twins}) > 1
-        ]
+        differing = [k for k in keys if len({json.dumps(o["config"].get(k), default=str) for o in twins}) > 1]
         if differing:
             row["label"] += " [" + ", ".join(f"{k}={row['config'].get(k)}" for k in differing) + "]"
 
@@ -149,11 +153,7 @@ def format_time_table(results: dict | list[dict]) -> str:
                 (r for r in rows if r["dataset"] == d and f"{r['label']} ({r['preset']})" == label),
                 None,
             )
-            t, sd = (
-                (row["mean"]["unlearn_seconds"], row["std"]["unlearn_seconds"])
-                if row
-                else (None, None)
-            )
+            t, sd = (row["mean"]["unlearn_seconds"], row["std"]["unlearn_seconds"]) if row else (None, None)
             cells.append("-" if row is None else f"{_minutes(t)} ({t:.1f} ± {sd:.1f} s)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -173,8 +173,11 @@ def _title(runs: list[dict]) -> str:
         accs = []
         for split in SPLITS:
             for model in ("Ad", "Ar"):
-                v = [r["eval"][split]["accuracy"][model] for r in members
-                     if model in r["eval"].get(split, {}).get("accuracy", {})]  # fmt: skip
+                v = [
+                    r["eval"][split]["accuracy"][model]
+                    for r in members
+                    if model in r["eval"].get(split, {}).get("accuracy", {})
+                ]
                 if v:
                     accs.append(f"{model} {statistics.fmean(v):.3f} on {split}")
         lines.append(f"- {dataset} / {arch}: accuracy of the pretrained models: {', '.join(accs)}.")
@@ -250,12 +253,9 @@ def _figure(rows: list[dict], path: Path) -> None:
 
     datasets = sorted({r["dataset"] for r in rows})
     panels = [
-        (f"accuracy, {n}", [(m, f"{s}/accuracy/{m}") for m in ("Ad", "A*", "Ar")])
-        for s, n in SPLITS.items()
+        (f"accuracy, {n}", [(m, f"{s}/accuracy/{m}") for m in ("Ad", "A*", "Ar")]) for s, n in SPLITS.items()
     ]
-    panels.append(
-        ("JSD (nats)", [(f"{p} {s}", f"{s}/jsd/{p}") for s in SPLITS for p in ("Ad,A*", "A*,Ar")])
-    )
+    panels.append(("JSD (nats)", [(f"{p} {s}", f"{s}/jsd/{p}") for s in SPLITS for p in ("Ad,A*", "A*,Ar")]))
     fig = Figure(figsize=(5 * len(panels), 3.5 * len(datasets)))
     axes = fig.subplots(len(datasets), len(panels), squeeze=False)
     for i, dataset in enumerate(datasets):

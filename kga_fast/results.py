@@ -33,17 +33,22 @@ def load_results(run_dir: str | Path) -> dict:
     for i, record in enumerate(results["runs"]):
         missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
         if missing:
-            raise UserError(
-                f"{path}: run {i} lacks {', '.join(missing)}; fix or move the file away"
-            )
+            raise UserError(f"{path}: run {i} lacks {', '.join(missing)}; fix or move the file away")
     return results
 
 
 def result_key(record: dict) -> tuple:
     """What makes a run unique: where and how it unlearned (not its results)."""
     config = json.dumps(record["config"], sort_keys=True, default=str)
-    return (record["dataset"], record["arch"], tuple(record["freeze"]), record["seed"],
-            record["preset"], record.get("method"), config)  # fmt: skip
+    return (
+        record["dataset"],
+        record["arch"],
+        tuple(record["freeze"]),
+        record["seed"],
+        record["preset"],
+        record.get("method"),
+        config,
+    )
 
 
 def find_result(run_dir: str | Path, key_record: dict) -> dict | None:
@@ -59,6 +64,4 @@ def append_result(run_dir: str | Path, record: dict) -> None:
     results = load_results(run_dir)  # a corrupt file stops here, untouched
     key = result_key(record)
     results["runs"] = [r for r in results["runs"] if result_key(r) != key] + [record]
-    write_bytes_atomic(
-        Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode()
-    )
+    write_bytes_atomic(Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())

@@ -22,8 +22,12 @@ SUBSETS = ("forget", "retain", "new", "test", "helper_forget", "shared")
 IN_TEST_SET = ("new", "test")  # the others index the train set
 # Which model is trained on which subsets of the train (D) and test sets: helper_forget is
 # D_f or the part of it A_f trains on, shared the slice S of D_r (both per --helpers).
-TRAINED_ON = {"Ad": ("forget", "retain"), "Af": ("helper_forget", "shared"),
-              "An": ("new", "shared"), "Ar": ("retain",)}  # fmt: skip
+TRAINED_ON = {
+    "Ad": ("forget", "retain"),
+    "Af": ("helper_forget", "shared"),
+    "An": ("new", "shared"),
+    "Ar": ("retain",),
+}
 
 
 @dataclass
@@ -63,7 +67,7 @@ class Run:
         images first, in index order, then the test set's (A_n's D_n + S mixes the two)."""
         parts = []
         for source, in_test in ((self.train, False), (self.test, True)):
-            idx = sorted({i for n in names if (n in IN_TEST_SET) == in_test for i in self.indices(n)})  # fmt: skip
+            idx = sorted({i for n in names if (n in IN_TEST_SET) == in_test for i in self.indices(n)})
             idx = torch.tensor(idx, dtype=torch.long)
             parts.append((source.images[idx], source.labels[idx]))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -87,12 +91,16 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
     check_run_dir(cfg.run_dir)
     if distributed and cfg.download and not accelerator.is_main_process:
         accelerator.wait_for_everyone()  # let the main process download alone, then read its files
-    train = load_images(cfg.dataset, cfg.data_dir, train=True, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
-    test = load_images(cfg.dataset, cfg.data_dir, train=False, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    train = load_images(
+        cfg.dataset, cfg.data_dir, train=True, download=cfg.download, image_size=cfg.image_size
+    )
+    test = load_images(
+        cfg.dataset, cfg.data_dir, train=False, download=cfg.download, image_size=cfg.image_size
+    )
     if cfg.normalize is not None:  # the model's own preprocessing instead of the dataset's
         mean, std = (tuple(v) * (train.in_channels if len(v) == 1 else 1) for v in cfg.normalize)
         if len(mean) != train.in_channels:
-            raise UserError(f"--normalize has {len(mean)} channel(s), the images have {train.in_channels}")  # fmt: skip
+            raise UserError(f"--normalize has {len(mean)} channel(s), the images have {train.in_channels}")
         train, test = (dataclasses.replace(s, mean=mean, std=std) for s in (train, test))
     if distributed and cfg.download and accelerator.is_main_process:
         accelerator.wait_for_everyone()

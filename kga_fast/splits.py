@@ -49,7 +49,10 @@ class Splits:
 
 
 OPTIONAL = ("helper_forget", "shared")
-RECORD_ONLY = ("forget_index_file", "forget_list")  # where a request lay: its content decides  # absent from folders made before helper recipes
+RECORD_ONLY = (
+    "forget_index_file",
+    "forget_list",
+)  # where a request lay: its content decides  # absent from folders made before helper recipes
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -104,9 +107,7 @@ def read_index_file(path: str | Path, train_size: int) -> np.ndarray:
     indices = np.asarray(values, dtype=np.int64)
     bad = indices[(indices < 0) | (indices >= train_size)]
     if len(bad):
-        raise UserError(
-            f"forget index {bad[0]} in {path} is outside the train set 0..{train_size - 1}"
-        )
+        raise UserError(f"forget index {bad[0]} in {path} is outside the train set 0..{train_size - 1}")
     unique, counts = np.unique(indices, return_counts=True)
     if (counts > 1).any():
         raise UserError(f"forget index {unique[counts > 1][0]} appears twice in {path}")
@@ -126,15 +127,11 @@ def _forget_retain(labels: np.ndarray, options: dict, seed: int, request: np.nda
         # A deletion request is honoured whole; train_subset then caps |D_f| + |D_r|.
         size = len(pool)
         if size <= len(request):
-            raise UserError(
-                f"train_subset {size} leaves no retain set beside {len(request)} forget indices"
-            )
+            raise UserError(f"train_subset {size} leaves no retain set beside {len(request)} forget indices")
         rest = np.setdiff1d(np.arange(len(labels)), request)
         forget, retain = request, _rng(seed, _TRAIN_SUBSET).permutation(rest)[: size - len(request)]
     else:
-        forget, retain = _split(
-            pool, options["forget_fraction"], _rng(seed, _FORGET), "forget_fraction"
-        )
+        forget, retain = _split(pool, options["forget_fraction"], _rng(seed, _FORGET), "forget_fraction")
     if len(retain) == 0:
         raise UserError("forgetting these classes leaves an empty retain set")
     if len(forget) == 0:
@@ -148,7 +145,9 @@ def _check(splits: Splits, train_size: int, test_size: int) -> None:
         a, b = getattr(splits, part), getattr(splits, other)
         if not a or not b or set(a) & set(b) or min(a + b) < 0 or max(a + b) >= size:
             raise UserError(f"splits {part}/{other} are empty, overlap or leave 0..{size - 1}")
-    if not set(splits.helper_forget or []) <= set(splits.forget) or not set(splits.shared) <= set(splits.retain):  # fmt: skip
+    if not set(splits.helper_forget or []) <= set(splits.forget) or not set(splits.shared) <= set(
+        splits.retain
+    ):
         raise UserError("splits: the helper models' sets must lie in D_f (helper_forget) and D_r (shared)")
 
 
@@ -163,14 +162,12 @@ def _options(train_size: int, test_size: int, **given) -> dict:
     subsets = {}
     for name in ("train_subset", "test_subset"):
         value = given[name]
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, numbers.Integral)
-        ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise UserError(f"{name} must be a whole number, got {value!r}")
         subsets[name] = int(value) if value is not None else None
     helpers = given.get("helpers", "disjoint")
     if helpers not in HELPER_RECIPES:
-        raise UserError(f"unknown helper recipe {helpers!r}; choose one of {', '.join(HELPER_RECIPES)}")  # fmt: skip
+        raise UserError(f"unknown helper recipe {helpers!r}; choose one of {', '.join(HELPER_RECIPES)}")
     by_fraction = classes is None and index_file is None and forget_list is None
     fraction = _fraction("forget_fraction", given["forget_fraction"]) if by_fraction else None
     options = {
@@ -260,15 +257,21 @@ def load_or_create_splits(
     `train_paths`, kga_fast.folder). `normalize` is only recorded. `helpers` chooses what A_f and A_n train on (HELPER_RECIPES; with "shared",
     S is `shared_fraction` of the train set, drawn from D_r).
     """
-    labels = np.asarray(
-        train_labels.cpu() if isinstance(train_labels, torch.Tensor) else train_labels
-    )
+    labels = np.asarray(train_labels.cpu() if isinstance(train_labels, torch.Tensor) else train_labels)
     options = _options(
-        len(labels), test_size, forget_fraction=forget_fraction, forget_classes=forget_classes,
-        forget_index_file=forget_index_file, new_fraction=new_fraction,
-        train_subset=train_subset, test_subset=test_subset, helpers=helpers,
-        shared_fraction=shared_fraction, forget_list=forget_list, normalize=normalize,
-    )  # fmt: skip
+        len(labels),
+        test_size,
+        forget_fraction=forget_fraction,
+        forget_classes=forget_classes,
+        forget_index_file=forget_index_file,
+        new_fraction=new_fraction,
+        train_subset=train_subset,
+        test_subset=test_subset,
+        helpers=helpers,
+        shared_fraction=shared_fraction,
+        forget_list=forget_list,
+        normalize=normalize,
+    )
     request = None
     if forget_index_file is not None:
         request = read_index_file(forget_index_file, len(labels))  # (F,) sorted int64
@@ -287,8 +290,17 @@ def load_or_create_splits(
     test_pool = _subset(test_size, options["test_subset"], "test_subset", _rng(seed, _TEST_SUBSET))
     new, test = _split(test_pool, options["new_fraction"], _rng(seed, _NEW), "new_fraction")
     helper_forget, shared = _helper_sets(forget, retain, len(new), len(forget) + len(retain), options, seed)
-    splits = Splits(dataset, int(seed), forget.tolist(), retain.tolist(), np.sort(new).tolist(),
-                    test.tolist(), options, helper_forget, shared)  # fmt: skip
+    splits = Splits(
+        dataset,
+        int(seed),
+        forget.tolist(),
+        retain.tolist(),
+        np.sort(new).tolist(),
+        test.tolist(),
+        options,
+        helper_forget,
+        shared,
+    )
     _check(splits, len(labels), test_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, asdict(splits))

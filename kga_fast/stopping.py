@@ -29,13 +29,27 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
 class GapStop:
     """The gap rule on held-out images (see the module doc). `checks` lists [step, mean KL]."""
 
-    def __init__(self, teachers: dict, held_forget: torch.Tensor, held_new: torch.Tensor, *,
-                 mean, std, accelerator, direction: str, impl=None, checks=None):  # fmt: skip
+    def __init__(
+        self,
+        teachers: dict,
+        held_forget: torch.Tensor,
+        held_new: torch.Tensor,
+        *,
+        mean,
+        std,
+        accelerator,
+        direction: str,
+        impl=None,
+        checks=None,
+    ):
         self.norm = {"mean": mean, "std": std, "accelerator": accelerator}
         self.images, self.direction, self.impl = held_forget, direction, impl
         self.forget_logits = predict(teachers["Af"], held_forget, **self.norm)  # (H_f, K)
-        gap = kl_rows(predict(teachers["Ad"], held_new, **self.norm),
-                      predict(teachers["An"], held_new, **self.norm), impl=impl)  # fmt: skip
+        gap = kl_rows(
+            predict(teachers["Ad"], held_new, **self.norm),
+            predict(teachers["An"], held_new, **self.norm),
+            impl=impl,
+        )
         self.target = float(gap.double().mean())
         self.checks: list[list[float]] = list(checks or [])
 
@@ -52,5 +66,10 @@ class GapStop:
 
     def record(self, stopped_at: int | None) -> dict:
         """What results.json keeps as "stopping"."""
-        return {"rule": "gap", "target": self.target, "held_out_forget": len(self.images),
-                "stopped_at_step": stopped_at, "checks": self.checks}  # fmt: skip
+        return {
+            "rule": "gap",
+            "target": self.target,
+            "held_out_forget": len(self.images),
+            "stopped_at_step": stopped_at,
+            "checks": self.checks,
+        }

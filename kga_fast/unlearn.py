@@ -87,8 +87,9 @@ RUNTIME_FIELDS = ("cache_teachers", "prefix_cache_gb", "compile", "impl", "log_e
 
 # Section 4.1 / 5.1 of the paper: Adam lr 0.05, eps 1e-8, ratio 0.1, inner steps 15, batch 256,
 # 15 epochs, no augmentation.
-PAPER = UnlearnConfig(preset="paper", optimizer="adam", lr=0.05, eps=1e-8, ratio=0.1, inner_steps=15,
-                      batch_size=256, epochs=15)  # fmt: skip
+PAPER = UnlearnConfig(
+    preset="paper", optimizer="adam", lr=0.05, eps=1e-8, ratio=0.1, inner_steps=15, batch_size=256, epochs=15
+)
 # Ours: the paper's loop at a 170x smaller Adam step and more, smaller steps. On the quick
 # Fashion-MNIST run it keeps test accuracy within a point of A_d's while moving forget-set
 # accuracy towards A_r's; the paper preset falls to chance (bench/RESULTS.md, "Unlearning
@@ -104,16 +105,28 @@ def config_key(cfg: UnlearnConfig) -> dict:
 
 def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
     """UserError on a value that cannot work; returns cfg."""
-    for name, choices in (("optimizer", OPTIMIZERS), ("direction", DIRECTIONS), ("reduction", REDUCTIONS),
-                          ("stop", STOPS)):  # fmt: skip
+    for name, choices in (
+        ("optimizer", OPTIMIZERS),
+        ("direction", DIRECTIONS),
+        ("reduction", REDUCTIONS),
+        ("stop", STOPS),
+    ):
         if getattr(cfg, name) not in choices:
-            raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")  # fmt: skip
-    for name, ok in (("lr", cfg.lr > 0), ("ratio", 0 <= cfg.ratio <= 1), ("inner_steps", cfg.inner_steps >= 1),
-                     ("batch_size", cfg.batch_size >= 1), ("epochs", cfg.epochs >= 1),
-                     ("prefix_cache_gb", cfg.prefix_cache_gb >= 0), ("holdout", 0 < cfg.holdout < 1),
-                     ("check_every", cfg.check_every >= 1)):  # fmt: skip
+            raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")
+    for name, ok in (
+        ("lr", cfg.lr > 0),
+        ("ratio", 0 <= cfg.ratio <= 1),
+        ("inner_steps", cfg.inner_steps >= 1),
+        ("batch_size", cfg.batch_size >= 1),
+        ("epochs", cfg.epochs >= 1),
+        ("prefix_cache_gb", cfg.prefix_cache_gb >= 0),
+        ("holdout", 0 < cfg.holdout < 1),
+        ("check_every", cfg.check_every >= 1),
+    ):
         if not ok:
-            bound = {"ratio": "in [0, 1]", "prefix_cache_gb": "0 or more", "holdout": "in (0, 1)"}.get(name, "positive")  # fmt: skip
+            bound = {"ratio": "in [0, 1]", "prefix_cache_gb": "0 or more", "holdout": "in (0, 1)"}.get(
+                name, "positive"
+            )
             raise UserError(f"{name.replace('_', ' ')} must be {bound}, got {getattr(cfg, name)}")
     return cfg
 
@@ -199,18 +212,23 @@ def unlearn(
         held = (data.forget[held_f], data.new[held_n])
         data = dataclasses.replace(data, forget=data.forget[keep_f], new=data.new[keep_n])
     per_rank = accel.per_process_batch(accelerator, cfg.batch_size)
-    pair = min(
-        per_rank, len(data.forget) // world, len(data.new) // world
-    )  # D_f/D_n pairs per rank
+    pair = min(per_rank, len(data.forget) // world, len(data.new) // world)  # D_f/D_n pairs per rank
     if pair < 1:
-        raise UserError(f"D_f ({len(data.forget)}) and D_n ({len(data.new)}) need a sample per process")  # fmt: skip
+        raise UserError(f"D_f ({len(data.forget)}) and D_n ({len(data.new)}) need a sample per process")
 
     def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool) -> DeviceLoader:
         labels = torch.zeros(len(images), dtype=torch.int64)  # unused: KGA compares outputs
         return accel.rank_loader(
-            accelerator, images, labels, global_batch=batch * world, mean=data.mean,
-            std=data.std, shuffle=True, seed=stream_seed(seed, stream), drop_last=drop_last,
-        )  # fmt: skip
+            accelerator,
+            images,
+            labels,
+            global_batch=batch * world,
+            mean=data.mean,
+            std=data.std,
+            shuffle=True,
+            seed=stream_seed(seed, stream),
+            drop_last=drop_last,
+        )
 
     retain_dl = loader(0, data.retain, per_rank, False)
     forget_dl = loader(1, data.forget, pair, True)  # drop_last: every pair batch has P rows
@@ -221,10 +239,13 @@ def unlearn(
     raw = start_from_ad(models, freeze, accelerator)
     optimizer = _make_optimizer(cfg, [p for p in raw.parameters() if p.requires_grad])
     student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
-    key = config_key(cfg) | {"freeze": list(freeze), "seed": seed, "world_size": world,
-                             "mixed_precision": str(accelerator.mixed_precision)}  # fmt: skip
-    progress = {"epoch": 0, "seconds": 0.0, "losses": {"retain": [], "align": []}, "checks": [],
-                "key": key}  # fmt: skip
+    key = config_key(cfg) | {
+        "freeze": list(freeze),
+        "seed": seed,
+        "world_size": world,
+        "mixed_precision": str(accelerator.mixed_precision),
+    }
+    progress = {"epoch": 0, "seconds": 0.0, "losses": {"retain": [], "align": []}, "checks": [], "key": key}
     stopped_at = None  # the optimizer step at which the gap rule stopped unlearning
 
     try:
@@ -238,9 +259,16 @@ def unlearn(
             accelerator.print(f"note: {prefix.skipped}")
         stopper = None
         if held is not None:
-            stopper = GapStop(teachers.models, *held, mean=data.mean, std=data.std,
-                              accelerator=accelerator, direction=cfg.direction, impl=cfg.impl,
-                              checks=progress["checks"])  # fmt: skip
+            stopper = GapStop(
+                teachers.models,
+                *held,
+                mean=data.mean,
+                std=data.std,
+                accelerator=accelerator,
+                direction=cfg.direction,
+                impl=cfg.impl,
+                checks=progress["checks"],
+            )
             if start_epoch == 0 and stopper.reached(student, 0):
                 stopped_at = 0
         accel.synchronize(accelerator)
@@ -249,8 +277,12 @@ def unlearn(
         forget_it = _endless(forget_dl, start_epoch * steps_per_epoch)
         new_it = _endless(new_dl, start_epoch * steps_per_epoch)
         scale = (1.0 - cfg.ratio) / cfg.inner_steps
-        bar = tqdm(total=(cfg.epochs - start_epoch) * n_batches, desc=desc, leave=False,
-                   disable=not accelerator.is_local_main_process)  # fmt: skip
+        bar = tqdm(
+            total=(cfg.epochs - start_epoch) * n_batches,
+            desc=desc,
+            leave=False,
+            disable=not accelerator.is_local_main_process,
+        )
         student.train()
         for epoch in range(start_epoch, cfg.epochs if stopped_at is None else start_epoch):
             t0 = time.perf_counter()
@@ -275,9 +307,13 @@ def unlearn(
                     with accelerator.autocast():
                         out_f = student(*prefix.inputs("forget", xf, idx_f)).float()  # (P, K)
                     l_a = alignment_loss(
-                        out_f, teachers.forget(xf, idx_f), teachers.gap(xn, idx_n),
-                        reduction=cfg.reduction, direction=cfg.direction, impl=cfg.impl,
-                    )  # fmt: skip
+                        out_f,
+                        teachers.forget(xf, idx_f),
+                        teachers.gap(xn, idx_n),
+                        reduction=cfg.reduction,
+                        direction=cfg.direction,
+                        impl=cfg.impl,
+                    )
                     accelerator.backward(l_a)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -302,8 +338,9 @@ def unlearn(
             if stopped_at is not None:
                 break
             if state_dir is not None and epoch + 1 < cfg.epochs:
-                progress.update(epoch=epoch + 1, seconds=seconds, losses=losses,
-                                checks=stopper.checks if stopper else [])  # fmt: skip
+                progress.update(
+                    epoch=epoch + 1, seconds=seconds, losses=losses, checks=stopper.checks if stopper else []
+                )
                 accel.save_state(accelerator, state_dir, progress)
     finally:
         # Drop the DDP wrapper and optimizer from the accelerator (also after an interruption),

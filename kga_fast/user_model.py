@@ -52,18 +52,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "torch.save(model.state_dict(), path) or as safetensors"
         ) from None
     except Exception as e:  # a zip, a text file, a truncated file: all are "not weights"
-        raise UserError(f"{path} is neither a safetensors file nor a PyTorch state dict ({type(e).__name__})") from None  # fmt: skip
+        raise UserError(
+            f"{path} is neither a safetensors file nor a PyTorch state dict ({type(e).__name__})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):  # fmt: skip
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 # The first convolution's weight, by (key names, family): its input channels are the model's.
-FIRST_CONV = {("torchvision", "resnet18"): "conv1.weight", ("torchvision", "vgg11"): "features.0.weight",
-              ("staged", "resnet18"): "stem.0.weight", ("staged", "vgg11"): "blocks.0.0.weight"}  # fmt: skip
+FIRST_CONV = {
+    ("torchvision", "resnet18"): "conv1.weight",
+    ("torchvision", "vgg11"): "features.0.weight",
+    ("staged", "resnet18"): "stem.0.weight",
+    ("staged", "vgg11"): "blocks.0.0.weight",
+}
 
 
 def infer_shape(state: dict[str, torch.Tensor]) -> tuple[str, str, int, int]:
@@ -88,15 +94,24 @@ def load_user_model(path: str | Path, *, arch: str) -> tuple[StagedNet, dict]:
     state = read_state_dict(path)
     names, family, num_classes, in_channels = infer_shape(state)
     if not arch.startswith(family):
-        raise UserError(f"{path} holds a {family}, not a {arch}: pass --arch {family} (or its -cifar variant)")  # fmt: skip
+        raise UserError(
+            f"{path} holds a {family}, not a {arch}: pass --arch {family} (or its -cifar variant)"
+        )
     staged, torchvision_net = build_with_torchvision(arch, num_classes, in_channels)
     target = staged if names == "staged" else torchvision_net
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as e:
         why = " ".join(str(e).split())[:300]
-        raise UserError(f"{path} is not a {arch} with {num_classes} classes and {in_channels} channels: {why}") from None  # fmt: skip
+        raise UserError(
+            f"{path} is not a {arch} with {num_classes} classes and {in_channels} channels: {why}"
+        ) from None
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    info = {"source": str(path), "sha256": digest, "num_classes": num_classes,
-            "in_channels": in_channels, "key_names": names}  # fmt: skip
+    info = {
+        "source": str(path),
+        "sha256": digest,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "key_names": names,
+    }
     return staged.eval(), info

@@ -21,9 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "run_dir", type=Path, metavar="RUN_DIR", help=f"run folder holding {RESULTS_FILE}"
-    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help=f"run folder holding {RESULTS_FILE}")
     return parser.parse_args(argv)
 
 

@@ -37,7 +37,9 @@ FREEZES = ("0", "1", "1,2", "1,2,3")
 
 def _unlearn_main():
     """scripts/unlearn.py's main(), loaded from its file (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("kga_unlearn_script", Path(__file__).with_name("unlearn.py"))  # fmt: skip
+    spec = importlib.util.spec_from_file_location(
+        "kga_unlearn_script", Path(__file__).with_name("unlearn.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
@@ -47,28 +49,20 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/ and cifar-100-python/")  # fmt: skip
-    parser.add_argument(
-        "--download", action="store_true", help="download CIFAR into --data-dir (online)"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--runs-dir", type=Path, default=Path("runs/paper"), help="where the run folders go"
+        "--data-dir", required=True, help="folder holding cifar-10-batches-py/ and cifar-100-python/"
     )
-    parser.add_argument(
-        "--datasets", default=",".join(DATASETS), help="comma-separated subset of the grid"
-    )
-    parser.add_argument(
-        "--archs", default=",".join(ARCHS), help="comma-separated subset of the grid"
-    )
+    parser.add_argument("--download", action="store_true", help="download CIFAR into --data-dir (online)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/paper"), help="where the run folders go")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of the grid")
+    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset of the grid")
     parser.add_argument("--seeds", default="0,1", help="unlearning seeds")
     parser.add_argument("--preset", default="paper", help="unlearning preset (paper or default)")
-    parser.add_argument(
-        "--pretrain-preset", default="paper", help="pretraining preset (paper or default)"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the scripts/unlearn.py commands only"
-    )
+    parser.add_argument("--pretrain-preset", default="paper", help="pretraining preset (paper or default)")
+    parser.add_argument("--dry-run", action="store_true", help="print the scripts/unlearn.py commands only")
     return parser.parse_args(argv), extra
 
 
@@ -82,12 +76,29 @@ def commands(args: argparse.Namespace, extra: list[str]) -> list[list[str]]:
     out = []
     for dataset in datasets:
         for arch in archs:
-            out.append([
-                "--dataset", dataset, "--arch", arch, "--data-dir", args.data_dir, "--full",
-                "--run-dir", str(args.runs_dir / f"{dataset}-{arch}"), "--preset", args.preset,
-                "--pretrain-preset", args.pretrain_preset, "--seeds", args.seeds,
-                "--freeze", *FREEZES, *(["--download"] if args.download else []), *extra,
-            ])  # fmt: skip
+            out.append(
+                [
+                    "--dataset",
+                    dataset,
+                    "--arch",
+                    arch,
+                    "--data-dir",
+                    args.data_dir,
+                    "--full",
+                    "--run-dir",
+                    str(args.runs_dir / f"{dataset}-{arch}"),
+                    "--preset",
+                    args.preset,
+                    "--pretrain-preset",
+                    args.pretrain_preset,
+                    "--seeds",
+                    args.seeds,
+                    "--freeze",
+                    *FREEZES,
+                    *(["--download"] if args.download else []),
+                    *extra,
+                ]
+            )
     return out
 
 
@@ -112,7 +123,7 @@ def main(argv=None) -> None:
     print("\n=== the paper's grid (test split D_t; forget split in each report.md)")
     for argv_one in grid:
         run_dir = Path(argv_one[argv_one.index("--run-dir") + 1])
-        print(f"\n{run_dir}:\n{format_table(load_results(run_dir), 'test')}\nreport: {run_dir / 'report.md'}")  # fmt: skip
+        print(f"\n{run_dir}:\n{format_table(load_results(run_dir), 'test')}\nreport: {run_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

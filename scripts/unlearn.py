@@ -7,7 +7,8 @@ as the paper does (accuracy, macro-F1, JSD on D_t and D_f), record results.json,
     torchrun --nproc_per_node 2 scripts/unlearn.py  # DDP on CPU (gloo)
 
 The quick defaults (a seeded subset of 8,000 train and 4,000 test images, 4 pretraining epochs,
-2 unlearning epochs) finish in under 10 minutes on 2 CPU cores; --full uses the whole dataset.
+2 unlearning epochs) took 3 min on a 2-core Xeon, 24 min on a 2-core AMD EPYC (bench/RESULTS.md);
+--full uses the whole dataset. A --dataset folder run uses all of the user's images.
 Missing pretrained models (A_d, A_f, A_n, A_r) are trained first. Rerunning the same command
 skips finished (configuration, seed) pairs and resumes an interrupted one from its last epoch.
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from kga_fast import accel
 from kga_fast.baselines import BASELINE_PRESETS, METHODS, check_baseline_config
-from kga_fast.config import RunConfig, add_run_args, run_config_from_args
+from kga_fast.config import QUICK_SUBSETS, add_run_args, run_config_from_args, use_quick_subsets
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
@@ -33,68 +34,122 @@ from kga_fast.pretrain import MODEL_NAMES, ensure_pretrained
 from kga_fast.run import open_run
 from kga_fast.unlearn import OPTIMIZERS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
 
-QUICK = RunConfig(train_subset=8000, test_subset=4000)  # the no-argument run (see the docstring)
 QUICK_EPOCHS = 2  # unlearning epochs of the quick run (the presets' own count with --full)
 PAPER_FREEZES = ["0", "1", "1,2", "1,2,3"]
 # --option -> UnlearnConfig field, for the overrides of a preset.
-OVERRIDES = {"optimizer": str, "lr": float, "eps": float, "momentum": float, "weight_decay": float,
-             "ratio": float, "inner_steps": int, "batch_size": int, "epochs": int,
-             "direction": str, "reduction": str, "stop": str, "holdout": float,
-             "check_every": int}  # fmt: skip
+OVERRIDES = {
+    "optimizer": str,
+    "lr": float,
+    "eps": float,
+    "momentum": float,
+    "weight_decay": float,
+    "ratio": float,
+    "inner_steps": int,
+    "batch_size": int,
+    "epochs": int,
+    "direction": str,
+    "reduction": str,
+    "stop": str,
+    "holdout": float,
+    "check_every": int,
+}
 
 
 def seed_list(text: str) -> list[int]:
     try:
         seeds = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
     return seeds
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_run_args(parser)  # --train-subset / --test-subset default to QUICK's unless --full
-    parser.add_argument("--full", action="store_true",
-                        help=f"the whole train and test sets (else subsets of {QUICK.train_subset} and "
-                             f"{QUICK.test_subset}) and the preset's epochs (else {QUICK_EPOCHS})")  # fmt: skip
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the whole train and test sets (else subsets of {QUICK_SUBSETS[0]} and "
+        f"{QUICK_SUBSETS[1]}) and the preset's epochs (else {QUICK_EPOCHS})",
+    )
     g = parser.add_argument_group("unlearning")
-    g.add_argument("--method", choices=METHODS, default="kga",
-                   help="kga (ours) or a baseline: retrain (A_r as is), finetune (on D_r), "
-                   "gradient_ascent (on D_f), random_label, scrub")  # fmt: skip
-    g.add_argument("--preset", choices=sorted(UNLEARN_PRESETS), default="default",
-                   help="default: ours (no catastrophic forgetting); paper: section 4.1")  # fmt: skip
-    g.add_argument("--freeze", nargs="+", default=PAPER_FREEZES, metavar="BLOCKS",
-                   help="freeze configurations, e.g. 0 1 1,2 1,2,3 (1-based blocks; 0: none)")  # fmt: skip
+    g.add_argument(
+        "--method",
+        choices=METHODS,
+        default="kga",
+        help="kga (ours) or a baseline: retrain (A_r as is), finetune (on D_r), "
+        "gradient_ascent (on D_f), random_label, salun (random labels through a saliency mask), scrub",
+    )
+    g.add_argument(
+        "--preset",
+        choices=sorted(UNLEARN_PRESETS),
+        default="default",
+        help="default: ours (no catastrophic forgetting); paper: section 4.1",
+    )
+    g.add_argument(
+        "--freeze",
+        nargs="+",
+        default=PAPER_FREEZES,
+        metavar="BLOCKS",
+        help="freeze configurations, e.g. 0 1 1,2 1,2,3 (1-based blocks; 0: none)",
+    )
     g.add_argument("--seeds", type=seed_list, default=[0], help="unlearning seeds, e.g. 0,1")
     choices = {"optimizer": OPTIMIZERS, "direction": DIRECTIONS, "reduction": REDUCTIONS, "stop": STOPS}
     for name, kind in OVERRIDES.items():
         flag = "--retain-ratio" if name == "ratio" else "--" + name.replace("_", "-")
-        g.add_argument(flag, dest=name, type=kind, choices=choices.get(name), default=None,
-                       help=f"override the preset's {name}")  # fmt: skip
+        g.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            choices=choices.get(name),
+            default=None,
+            help=f"override the preset's {name}",
+        )
     g.add_argument("--no-cache-teachers", action="store_true", help="run the teachers every step")
-    g.add_argument("--prefix-cache-gb", type=float, default=UnlearnConfig.prefix_cache_gb, metavar="G",
-                   help="keep the frozen prefix's features of D_r and D_f when they fit in G GiB "
-                        "(0: run the prefix every batch)")  # fmt: skip
-    g.add_argument("--compile", action="store_true", help="torch.compile the unlearned model")
-    g.add_argument("--impl", choices=IMPLS, default=None, help="loss backend (default: KGA_FAST_IMPL or auto)")  # fmt: skip
     g.add_argument(
-        "--no-pretrain", action="store_true", help="fail instead of training missing models"
+        "--prefix-cache-gb",
+        type=float,
+        default=UnlearnConfig.prefix_cache_gb,
+        metavar="G",
+        help="keep the frozen prefix's features of D_r and D_f when they fit in G GiB "
+        "(0: run the prefix every batch)",
     )
-    g.add_argument("--no-retrain", action="store_true",
-                   help="train no A_r (a deletion request): evaluate A* against A_d, D_f against D_t")  # fmt: skip
+    g.add_argument("--compile", action="store_true", help="torch.compile the unlearned model")
+    g.add_argument(
+        "--impl", choices=IMPLS, default=None, help="loss backend (default: KGA_FAST_IMPL or auto)"
+    )
+    g.add_argument("--no-pretrain", action="store_true", help="fail instead of training missing models")
+    g.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="train no A_r (a deletion request): evaluate A* against A_d, D_f against D_t",
+    )
     args = parser.parse_args(argv)
     refuse_unused_options(parser, args)
     return args
 
 
 # Options that a --method other than kga does not use (retrain uses none of the training ones).
-KGA_ONLY = ("preset", "optimizer", "eps", "ratio", "inner_steps", "direction", "reduction",
-            "stop", "holdout", "check_every", "no_cache_teachers", "prefix_cache_gb", "compile",
-            "impl")  # fmt: skip
+KGA_ONLY = (
+    "preset",
+    "optimizer",
+    "eps",
+    "ratio",
+    "inner_steps",
+    "direction",
+    "reduction",
+    "stop",
+    "holdout",
+    "check_every",
+    "no_cache_teachers",
+    "prefix_cache_gb",
+    "compile",
+    "impl",
+)
 TRAINING = ("lr", "momentum", "weight_decay", "batch_size", "epochs", "freeze")
 
 
@@ -103,15 +158,13 @@ def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     silently not getting it is worse than an error."""
     if args.no_retrain and args.method == "retrain":
         raise UserError("--method retrain is A_r itself: it cannot run with --no-retrain")
-    unused = (
-        () if args.method == "kga" else KGA_ONLY + (TRAINING if args.method == "retrain" else ())
-    )
+    unused = () if args.method == "kga" else KGA_ONLY + (TRAINING if args.method == "retrain" else ())
     given = [d for d in unused if getattr(args, d) != parser.get_default(d)]
     if given:
-        flags = ", ".join(
-            "--retain-ratio" if d == "ratio" else "--" + d.replace("_", "-") for d in given
+        flags = ", ".join("--retain-ratio" if d == "ratio" else "--" + d.replace("_", "-") for d in given)
+        raise UserError(
+            f"--method {args.method} does not use {flags}: drop {'it' if len(given) == 1 else 'them'}"
         )
-        raise UserError(f"--method {args.method} does not use {flags}: drop {'it' if len(given) == 1 else 'them'}")  # fmt: skip
 
 
 def unlearn_config(args: argparse.Namespace):
@@ -141,9 +194,7 @@ def baseline_config(args: argparse.Namespace):
 @cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not args.full and args.dataset != "folder":  # the quick run's subsets of a built-in set
-        args.train_subset = QUICK.train_subset if args.train_subset is None else args.train_subset
-        args.test_subset = QUICK.test_subset if args.test_subset is None else args.test_subset
+    use_quick_subsets(args)
     run_cfg = run_config_from_args(args)
     freezes = list(dict.fromkeys(parse_freeze(f, run_cfg.arch) for f in args.freeze))
     if args.method == "kga":

@@ -23,9 +23,13 @@ def make_case(n: int) -> tuple[torch.nn.Module, torch.Tensor]:
     """A small CNN with BatchNorm (eval mode matters) and n random uint8 images (N, 3, 32, 32)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5),
-    )  # fmt: skip
+        torch.nn.Conv2d(3, 4, 3, stride=2),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 5),
+    )
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     return model, images

@@ -28,9 +28,7 @@ def main() -> None:
     net = train_model(run, "Ad", accelerator)
     # Parameters only: BatchNorm running statistics are per-rank between DDP's buffer broadcasts.
     flat = torch.cat([p.detach().flatten().double() for p in net.parameters()])
-    sums = accelerator.gather(
-        torch.stack([flat.sum(), (flat * flat).sum()]).unsqueeze(0)
-    )  # (ranks, 2)
+    sums = accelerator.gather(torch.stack([flat.sum(), (flat * flat).sum()]).unsqueeze(0))  # (ranks, 2)
     if accelerator.is_main_process:
         out.write_text(
             json.dumps(

@@ -28,7 +28,9 @@ from kga_fast.unlearn import UnlearnConfig, UnlearnData, unlearn  # noqa: E402
 MEAN, STD = (0.2,), (0.3,)
 # Global batch 64 (32 per process under DDP); 4 retain batches per epoch, a step every 2. SGD:
 # Adam would turn float noise in near-zero gradients into lr-sized steps.
-CONFIG = UnlearnConfig(optimizer="sgd", lr=0.01, momentum=0.9, batch_size=64, inner_steps=2, epochs=2, impl="reference")  # fmt: skip
+CONFIG = UnlearnConfig(
+    optimizer="sgd", lr=0.01, momentum=0.9, batch_size=64, inner_steps=2, epochs=2, impl="reference"
+)
 
 
 def plain_cnn() -> StagedNet:
@@ -62,7 +64,7 @@ def make_case(arch: str) -> tuple[dict, UnlearnData, torch.Tensor]:
     every = torch.cat([data.retain, data.forget, data.new])
 
     def build() -> nn.Module:
-        return plain_cnn().eval() if arch == "plain" else calibrate_batchnorm(build_model(arch, 10, 1), every)  # fmt: skip
+        return plain_cnn().eval() if arch == "plain" else calibrate_batchnorm(build_model(arch, 10, 1), every)
 
     return {name: build() for name in ("Ad", "Af", "An")}, data, held_out
 
@@ -78,6 +80,14 @@ if __name__ == "__main__":
     logits = predict(result.model, held_out, mean=MEAN, std=STD, accelerator=accelerator)
     before = predict(models["Ad"], held_out, mean=MEAN, std=STD, accelerator=accelerator)
     if accelerator.is_main_process:
-        torch.save({"world": accelerator.num_processes, "losses": result.losses, "logits": logits,
-                    "before": before, "state": result.model.state_dict()}, out)  # fmt: skip
+        torch.save(
+            {
+                "world": accelerator.num_processes,
+                "losses": result.losses,
+                "logits": logits,
+                "before": before,
+                "state": result.model.state_dict(),
+            },
+            out,
+        )
     accelerator.wait_for_everyone()

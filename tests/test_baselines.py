@@ -4,6 +4,7 @@ and the methods table (kga_fast.methods_report) lands in report.md."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ from torch import nn
 import kga_fast.baselines as B
 from kga_fast import accel, methods_report, report, results
 from kga_fast.baselines import BASELINE_PRESETS, MethodData, retrain, unlearn_baseline
-from kga_fast.data import normalize
+from kga_fast.data import DeviceLoader, normalize
 from kga_fast.errors import UserError
 from kga_fast.models import StagedNet
 
@@ -68,8 +69,15 @@ def make_data() -> MethodData:
     labels = torch.arange(160) % K
     images = images_of(labels, g)
     forget = labels == FORGET_CLASS
-    return MethodData(images[~forget], images[forget], images[:8], MEAN, STD,
-                      retain_labels=labels[~forget], forget_labels=labels[forget])  # fmt: skip
+    return MethodData(
+        images[~forget],
+        images[forget],
+        images[:8],
+        MEAN,
+        STD,
+        retain_labels=labels[~forget],
+        forget_labels=labels[forget],
+    )
 
 
 def train_ad(data: MethodData, batchnorm: bool = True) -> StagedNet:
@@ -115,7 +123,7 @@ def run(task, acc, preset: str, **kw):
 def test_gradient_ascent_raises_the_forget_loss(task, acc):
     models, data = task
     out = run(task, acc, "gradient_ascent", lr=0.05, epochs=3).model
-    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels) + 1.0  # fmt: skip
+    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels) + 1.0
     assert accuracy(out, data.forget, data.forget_labels) < 0.5
 
 
@@ -127,12 +135,46 @@ def test_random_label_forgets_the_class_and_keeps_the_rest(task, acc):
     assert len(result.losses["loss"]) == 4 and result.seconds > 0
 
 
+def test_salun_trains_only_the_salient_share_and_forgets(task, acc):
+    models, data = task
+    result = run(task, acc, "salun", lr=0.05, epochs=4, saliency=0.3)
+    assert accuracy(result.model, data.forget, data.forget_labels) < 0.5
+    assert accuracy(result.model, data.retain, data.retain_labels) > 0.9
+    before = torch.cat([p.flatten() for p in models["Ad"].parameters()])
+    after = torch.cat([p.flatten() for p in result.model.parameters()])
+    moved = (before != after).float().mean().item()
+    assert 0.05 < moved <= 0.3 + 1e-3  # masked-out weights are exactly A_d's
+
+
+def test_saliency_mask_keeps_the_largest_forget_gradients(task, acc):
+    models, data = task
+    net = copy.deepcopy(models["Ad"]).requires_grad_(True)
+    params = list(net.parameters())
+    dl = DeviceLoader(
+        data.forget,
+        data.forget_labels,
+        batch_size=16,
+        mean=MEAN,
+        std=STD,
+        shuffle=False,
+        seed=0,
+        device="cpu",
+    )
+    mask = B.saliency_mask(net, params, dl, 0.25, acc)
+    x = normalize(data.forget, MEAN, STD)
+    grads = torch.autograd.grad(F.cross_entropy(net(x), data.forget_labels, reduction="sum"), params)
+    flat = torch.cat([g.abs().flatten() for g in grads])
+    chosen = torch.cat([mask[p].flatten() for p in params])
+    assert chosen.sum().item() == pytest.approx(0.25 * flat.numel(), abs=2)  # ties aside
+    assert flat[chosen].min() >= flat[~chosen].max()
+
+
 def test_finetune_on_retain_fits_retain_and_drifts_from_the_forgotten_class(task, acc):
     models, data = task
     out = run(task, acc, "finetune", lr=0.05, epochs=4).model
     assert accuracy(out, data.retain, data.retain_labels) > 0.95
     # Trained on three classes only, A* stops favouring the fourth: the forget loss rises.
-    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)  # fmt: skip
+    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)
 
 
 def test_scrub_moves_away_from_the_teacher_on_forget_only(task, acc):
@@ -144,7 +186,7 @@ def test_scrub_moves_away_from_the_teacher_on_forget_only(task, acc):
 
     def kl_to_teacher(images: torch.Tensor) -> float:
         t, s = logits(models["Ad"], images), logits(result.model, images)
-        return F.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean").item()  # fmt: skip
+        return F.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean").item()
 
     assert kl_to_teacher(data.forget) > 5 * kl_to_teacher(data.retain)
     assert accuracy(result.model, data.forget, data.forget_labels) < 0.5
@@ -173,15 +215,17 @@ def test_resume_after_interruption_is_exact(task, acc, monkeypatch, tmp_path):
 
     monkeypatch.setattr(accel, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        unlearn_baseline(models, data, cfg, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")  # fmt: skip
+        unlearn_baseline(models, data, cfg, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")
     monkeypatch.setattr(accel, "save_state", save)
-    resumed = unlearn_baseline(models, data, cfg, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")  # fmt: skip
+    resumed = unlearn_baseline(
+        models, data, cfg, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s"
+    )
     assert resumed.epochs_resumed == 1
-    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):  # fmt: skip
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     other = dataclasses.replace(cfg, lr=0.5)
     with pytest.raises(UserError, match="another configuration"):
-        unlearn_baseline(models, data, other, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")  # fmt: skip
+        unlearn_baseline(models, data, other, freeze=(), seed=1, accelerator=acc, state_dir=tmp_path / "s")
 
 
 def test_retrain_is_ar_timed_by_its_training(task, tmp_path):
@@ -196,9 +240,12 @@ def test_retrain_is_ar_timed_by_its_training(task, tmp_path):
 
 @pytest.mark.parametrize(
     "change, match",
-    [(dict(method="kga"), "unknown baseline"), (dict(lr=0.0), "lr must be positive"),
-     (dict(alpha=-1.0), "alpha must not be negative")],
-)  # fmt: skip
+    [
+        (dict(method="kga"), "unknown baseline"),
+        (dict(lr=0.0), "lr must be positive"),
+        (dict(alpha=-1.0), "alpha must not be negative"),
+    ],
+)
 def test_bad_config_is_a_user_error(task, acc, change, match):
     with pytest.raises(UserError, match=match):
         run(task, acc, "scrub", **change)
@@ -208,23 +255,37 @@ def test_too_small_forget_set_is_a_user_error(task, acc):
     models, data = task
     tiny = dataclasses.replace(data, forget=data.forget[:1], forget_labels=data.forget_labels[:1])
     with pytest.raises(UserError, match="too few"):
-        unlearn_baseline(models, tiny, BASELINE_PRESETS["gradient_ascent"], freeze=(), seed=0, accelerator=acc)  # fmt: skip
+        unlearn_baseline(
+            models, tiny, BASELINE_PRESETS["gradient_ascent"], freeze=(), seed=0, accelerator=acc
+        )
 
 
 def record(method: str | None, seed: int, acc_forget: float, seconds: float) -> dict:
     models = {"Ad": 1.0, "A*": acc_forget, "Ar": 0.8}
     split = {"accuracy": models, "f1": models, "jsd": {"Ad,A*": 0.1, "A*,Ar": 0.02}}
     mia = {m: {a: 0.5 for a in methods_report.ATTACKS} for m in ("Ad", "A*", "Ar")}
-    r = {"dataset": "fashion-mnist", "arch": "resnet18", "freeze": [1, 2], "seed": seed,
-         "preset": "default", "config": {"lr": 0.1}, "unlearn_seconds": seconds,
-         "retrain_seconds": 40.0, "eval": {"test": split, "forget": split, "retain": split},
-         "mia": mia}  # fmt: skip
+    r = {
+        "dataset": "fashion-mnist",
+        "arch": "resnet18",
+        "freeze": [1, 2],
+        "seed": seed,
+        "preset": "default",
+        "config": {"lr": 0.1},
+        "unlearn_seconds": seconds,
+        "retrain_seconds": 40.0,
+        "eval": {"test": split, "forget": split, "retain": split},
+        "mia": mia,
+    }
     return r | ({"method": method} if method else {})
 
 
 def test_methods_table_appears_in_report_md(tmp_path, monkeypatch):
-    for r in [record(None, 0, 0.82, 10.0), record(None, 1, 0.84, 12.0),
-              record("finetune", 0, 0.9, 20.0), record("retrain", 0, 0.8, 40.0)]:  # fmt: skip
+    for r in [
+        record(None, 0, 0.82, 10.0),
+        record(None, 1, 0.84, 12.0),
+        record("finetune", 0, 0.9, 20.0),
+        record("retrain", 0, 0.8, 40.0),
+    ]:
         results.append_result(tmp_path, r)
     monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, methods_report.methods_section])
     md, _ = report.write_report(tmp_path)
@@ -243,8 +304,10 @@ def test_report_names_match_the_methods():
     assert methods_report.METHOD_ORDER == B.METHODS
 
 
-DDP_METHODS = {"random_label": dict(lr=0.05, epochs=2),
-               "scrub": dict(lr=0.002, epochs=2, max_epochs=1, forget_batch_size=8)}  # fmt: skip
+DDP_METHODS = {
+    "random_label": dict(lr=0.05, epochs=2),
+    "scrub": dict(lr=0.002, epochs=2, max_epochs=1, forget_batch_size=8),
+}
 
 
 def ddp_case(ad_state: dict, accelerator) -> dict:
@@ -255,7 +318,9 @@ def ddp_case(ad_state: dict, accelerator) -> dict:
     out = {}
     for method, kw in DDP_METHODS.items():
         cfg = dataclasses.replace(BASELINE_PRESETS[method], batch_size=32, **kw)
-        result = unlearn_baseline({"Ad": ad.eval().requires_grad_(False)}, data, cfg, freeze=(), seed=0, accelerator=accelerator)  # fmt: skip
+        result = unlearn_baseline(
+            {"Ad": ad.eval().requires_grad_(False)}, data, cfg, freeze=(), seed=0, accelerator=accelerator
+        )
         out[method] = ({k: v.cpu() for k, v in result.model.state_dict().items()}, result.losses)
     return out
 
@@ -272,8 +337,17 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONPATH": str(root),
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(tmp_path / "ad.pt"), str(tmp_path / "two.pt")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(tmp_path / "ad.pt"),
+        str(tmp_path / "two.pt"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = torch.load(tmp_path / "two.pt")

@@ -29,11 +29,7 @@ def test_round_trip(tmp_path, small_model):
     assert path == tmp_path / "models" / "Ad.safetensors" and has_model(tmp_path, "Ad")
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["Ad.json", "Ad.safetensors"]
     model, saved = load_model(tmp_path, "Ad", arch="resnet18-cifar", num_classes=10, in_channels=1)
-    assert (
-        saved["arch"] == "resnet18-cifar"
-        and saved["num_classes"] == 10
-        and saved["in_channels"] == 1
-    )
+    assert saved["arch"] == "resnet18-cifar" and saved["num_classes"] == 10 and saved["in_channels"] == 1
     assert saved["frozen"] == [1] and saved["epochs"] == 3 and saved["config"] == {"lr": 0.1}
     assert set(saved["versions"]) == {"kga_fast", "torch", "torchvision"}
     assert not model.training

@@ -35,9 +35,7 @@ def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
-def _small_fmnist(
-    folder: Path, n: int, compress: bool, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def _small_fmnist(folder: Path, n: int, compress: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
@@ -67,9 +65,7 @@ def test_fashion_mnist_from_idx_files(tmp_path, layout):
 
 def test_bad_idx_file_is_a_user_error(tmp_path):
     _small_fmnist(tmp_path, 3, compress=True)
-    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(b"\0\0\x08\x03" + b"\0" * 20)
-    )
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + b"\0" * 20))
     with pytest.raises(UserError, match="truncated"):
         load_images("fashion-mnist", root=tmp_path)
 
@@ -146,9 +142,7 @@ def _synthetic(n: int, channels: int = 3, seed: int = 0) -> ImageSet:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, channels, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
-    return ImageSet(
-        "synthetic", images, labels, 10, (0.5, 0.4, 0.3)[:channels], (0.2, 0.25, 0.3)[:channels]
-    )
+    return ImageSet("synthetic", images, labels, 10, (0.5, 0.4, 0.3)[:channels], (0.2, 0.25, 0.3)[:channels])
 
 
 def test_normalize_formula_and_dtypes():
@@ -167,9 +161,7 @@ def test_load_dataset_items_as_training_sees_them(tmp_path):
     _small_fmnist(tmp_path, 3, compress=True)
     ds = load_dataset("fashion-mnist", root=tmp_path)
     x, y = ds[1]
-    assert (
-        len(ds) == 3 and x.shape == (1, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
-    )
+    assert len(ds) == 3 and x.shape == (1, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
     assert torch.equal(x, normalize(ds.set.images[1], *STATS["fashion-mnist"]))
 
 
@@ -188,21 +180,26 @@ def _plain_batches(dataset, subset, batch_size, shuffle, seed, epoch, rank, worl
 @pytest.mark.parametrize("world_size,drop_last", [(1, False), (1, True), (3, False), (3, True)])
 def test_device_loader_matches_plain_dataloader(shuffle, world_size, drop_last):
     full = _synthetic(50)
-    subset = torch.randperm(50, generator=torch.Generator().manual_seed(3))[
-        :37
-    ]  # odd size: padding
+    subset = torch.randperm(50, generator=torch.Generator().manual_seed(3))[:37]  # odd size: padding
     dataset = NormalizedImages(full)
     lengths = set()
     for rank in range(world_size):
         fast = DeviceLoader(
-            full.images[subset], full.labels[subset], batch_size=5, mean=full.mean, std=full.std,
-            shuffle=shuffle, seed=7, device="cpu", rank=rank, world_size=world_size, drop_last=drop_last,
-        )  # fmt: skip
+            full.images[subset],
+            full.labels[subset],
+            batch_size=5,
+            mean=full.mean,
+            std=full.std,
+            shuffle=shuffle,
+            seed=7,
+            device="cpu",
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
         for epoch in (0, 1):
             fast.set_epoch(epoch)
-            order, plain = _plain_batches(
-                dataset, subset, 5, shuffle, 7, epoch, rank, world_size, drop_last
-            )
+            order, plain = _plain_batches(dataset, subset, 5, shuffle, 7, epoch, rank, world_size, drop_last)
             batches = list(fast)
             assert len(batches) == len(fast) == len(plain)
             lengths.add(len(fast))
@@ -222,8 +219,7 @@ def test_device_loader_epochs_shards_and_layout():
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(23))
     assert not torch.equal(first, second)  # a new permutation each epoch
     shards = [
-        DeviceLoader(full.images, full.labels, shuffle=False, rank=r, world_size=2, **kw)
-        for r in (0, 1)
+        DeviceLoader(full.images, full.labels, shuffle=False, rank=r, world_size=2, **kw) for r in (0, 1)
     ]
     seen = [torch.cat([idx for _, _, idx in s]).tolist() for s in shards]
     assert seen[0] == list(range(0, 23, 2)) and seen[1] == list(range(1, 23, 2)) + [0]
@@ -242,9 +238,15 @@ def test_device_loader_matches_plain_path_on_fashion_mnist():
     dataset = load_dataset("fashion-mnist", train=False)
     subset = torch.arange(0, 10000, 7)
     fast = DeviceLoader(
-        dataset.set.images[subset], dataset.labels[subset], batch_size=256, mean=dataset.set.mean,
-        std=dataset.set.std, shuffle=True, seed=1, device="cpu",
-    )  # fmt: skip
+        dataset.set.images[subset],
+        dataset.labels[subset],
+        batch_size=256,
+        mean=dataset.set.mean,
+        std=dataset.set.std,
+        shuffle=True,
+        seed=1,
+        device="cpu",
+    )
     order, plain = _plain_batches(dataset, subset, 256, True, 1, 0, 0, 1, False)
     for (x, y, _), (px, py) in zip(fast, plain, strict=True):
         assert torch.equal(x, px) and torch.equal(y, py)
@@ -255,9 +257,7 @@ def test_device_loader_matches_plain_path_on_fashion_mnist():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_loader_cuda_matches_cpu():
     full = _synthetic(40)
-    kw = dict(
-        batch_size=8, mean=full.mean, std=full.std, shuffle=True, seed=5, world_size=2, rank=1
-    )
+    kw = dict(batch_size=8, mean=full.mean, std=full.std, shuffle=True, seed=5, world_size=2, rank=1)
     cpu = list(DeviceLoader(full.images, full.labels, device="cpu", **kw))
     gpu = list(DeviceLoader(full.images, full.labels, device="cuda", channels_last=True, **kw))
     for (x, y, idx), (gx, gy, gidx) in zip(cpu, gpu, strict=True):

@@ -44,8 +44,7 @@ def test_macro_f1_is_over_the_split_not_averaged_per_batch():
     got = classification_metrics(one_hot_logits(preds, 3), labels, 3)["f1"]
     whole = f1_score(labels, preds, average="macro")
     per_batch = (
-        f1_score(labels[:4], preds[:4], average="macro")
-        + f1_score(labels[4:], preds[4:], average="macro")
+        f1_score(labels[:4], preds[:4], average="macro") + f1_score(labels[4:], preds[4:], average="macro")
     ) / 2
     assert got == pytest.approx(whole, abs=1e-6)
     assert abs(whole - per_batch) > 0.05
@@ -98,9 +97,7 @@ def test_evaluate_unlearning_layout_and_values():
 def plain_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return torch.cat(
-            [model(normalize(images[i : i + 4], MEAN, STD)) for i in range(0, len(images), 4)]
-        )
+        return torch.cat([model(normalize(images[i : i + 4], MEAN, STD)) for i in range(0, len(images), 4)])
 
 
 def test_predict_equals_a_plain_model_loop_and_restores_train_mode():
@@ -117,8 +114,16 @@ def test_predict_gathers_two_cpu_processes_without_duplicates(tmp_path):
     n, batch = 13, 4  # 13 = 2 * 7 - 1: rank 1 gets one padding sample
     out = tmp_path / "logits.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(ROOT / ".venv/bin/torchrun"), "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests/ddp_predict_worker.py"), str(out), str(n), str(batch)]  # fmt: skip
+    cmd = [
+        str(ROOT / ".venv/bin/torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests/ddp_predict_worker.py"),
+        str(out),
+        str(n),
+        str(batch),
+    ]
     if not Path(cmd[0]).exists():
         cmd[0:1] = [sys.executable, "-m", "torch.distributed.run"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)

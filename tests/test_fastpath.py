@@ -78,9 +78,14 @@ def _unlearn_losses(compile_student: bool) -> tuple[dict, torch.nn.Module]:
     torch.manual_seed(0)
     models = {k: build_model("resnet18", 10, 1).eval() for k in ("Ad", "Af", "An")}
     cfg = UnlearnConfig(
-        optimizer="sgd", lr=0.05, batch_size=8, inner_steps=2, epochs=2,
-        impl="reference", compile=compile_student,
-    )  # fmt: skip
+        optimizer="sgd",
+        lr=0.05,
+        batch_size=8,
+        inner_steps=2,
+        epochs=2,
+        impl="reference",
+        compile=compile_student,
+    )
     acc = Accelerator(cpu=True)
     result = unlearn(models, tiny_data(16, 8, 8), cfg, freeze=(1,), seed=0, accelerator=acc)
     return result.losses, result.model
@@ -121,7 +126,7 @@ def test_paper_loop_steps_and_freezing():
         frozen = name.startswith(("stem.", "blocks.0.", "blocks.1."))
         assert torch.equal(before[name], after[name]) == frozen, name
     # As in the paper's code, the frozen blocks' BatchNorm statistics still move.
-    assert not torch.equal(before["blocks.0.0.bn1.running_mean"], after["blocks.0.0.bn1.running_mean"])  # fmt: skip
+    assert not torch.equal(before["blocks.0.0.bn1.running_mean"], after["blocks.0.0.bn1.running_mean"])
 
 
 @pytest.mark.parametrize(
@@ -168,9 +173,14 @@ def _unlearn_with_prefix_cache(monkeypatch, arch: str, freeze: tuple, limit_gb: 
     torch.manual_seed(0)
     models = {k: build_model(arch, 10, 1).eval() for k in ("Ad", "Af", "An")}
     cfg = UnlearnConfig(
-        optimizer="sgd", lr=0.05, batch_size=8, inner_steps=2, epochs=2, impl="reference",
+        optimizer="sgd",
+        lr=0.05,
+        batch_size=8,
+        inner_steps=2,
+        epochs=2,
+        impl="reference",
         prefix_cache_gb=limit_gb,
-    )  # fmt: skip
+    )
     acc = Accelerator(cpu=True)
     result = unlearn(models, tiny_data(24, 16, 8), cfg, freeze=freeze, seed=0, accelerator=acc)
     return result.losses, result.model, starts
@@ -210,11 +220,12 @@ def test_frozen_prefix_cache_on_cuda_in_bf16():
         AcceleratorState._reset_state(True)  # a fresh bf16 accelerator, whatever ran before
         acc = Accelerator(mixed_precision="bf16")
         torch.manual_seed(0)
-        models = {k: build_model("resnet18-cifar", 10, 1).to(acc.device).eval() for k in ("Ad", "Af", "An")}  # fmt: skip
-        cfg = UnlearnConfig(optimizer="sgd", lr=0.01, batch_size=16, inner_steps=2, epochs=2,
-                            prefix_cache_gb=limit_gb)  # fmt: skip
+        models = {k: build_model("resnet18-cifar", 10, 1).to(acc.device).eval() for k in ("Ad", "Af", "An")}
+        cfg = UnlearnConfig(
+            optimizer="sgd", lr=0.01, batch_size=16, inner_steps=2, epochs=2, prefix_cache_gb=limit_gb
+        )
         try:
-            return unlearn(models, tiny_data(64, 32, 16), cfg, freeze=(1, 2), seed=0, accelerator=acc).losses  # fmt: skip
+            return unlearn(models, tiny_data(64, 32, 16), cfg, freeze=(1, 2), seed=0, accelerator=acc).losses
         finally:
             AcceleratorState._reset_state(True)
 

@@ -85,12 +85,66 @@ def test_options_a_method_does_not_use_are_refused(tmp_path):
     run_dir = seeded_run(tmp_path / "run")
     cases = {
         ("--method", "finetune", "--inner-steps", "3"): "--method finetune does not use --inner-steps",
-        ("--method", "scrub", "--preset", "paper", "--retain-ratio", "0.5"): "does not use --preset, --retain-ratio",
+        (
+            "--method",
+            "scrub",
+            "--preset",
+            "paper",
+            "--retain-ratio",
+            "0.5",
+        ): "does not use --preset, --retain-ratio",
         ("--method", "retrain", "--freeze", "1,2"): "--method retrain does not use --freeze",
         ("--method", "retrain", "--epochs", "1"): "--method retrain does not use --epochs",
-    }  # fmt: skip
+    }
     for args, message in cases.items():
         out = unlearn(run_dir, *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-500:])
         assert "Traceback" not in out.stderr
     assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_compare_tunes_on_one_split_and_reports_on_another(tmp_path):
+    """scripts/compare.py end to end on tiny data: --tune writes tuned.json with the same budget
+    for every method; the report mode refuses the tuning split and fills the methods table of
+    another split with every method, KGA's default and retrain."""
+    script = str(ROOT / "scripts" / "compare.py")
+    tiny = [
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "60",
+        "--pretrain-preset",
+        "paper",
+        "--pretrain-epochs",
+        "1",
+        "--pretrain-batch-size",
+        "16",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def compare(*args):
+        return subprocess.run(
+            [sys.executable, script, *tiny, *args], env=env, capture_output=True, text=True, timeout=900
+        )
+
+    tuning = tmp_path / "s0"
+    out = compare(
+        "--run-dir", str(tuning), "--seed", "0", "--tune", "--methods", "kga,finetune,salun", "--budget", "2"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    tuned = json.loads((tuning / "tuned.json").read_text())
+    assert tuned["split_seed"] == 0 and set(tuned["methods"]) == {"kga", "finetune", "salun"}
+    assert all(len(t["tried"]) == 2 for t in tuned["methods"].values())
+    again = compare("--run-dir", str(tuning), "--seed", "0", "--tuned", str(tuning / "tuned.json"))
+    assert again.returncode == 2 and "tuned on split seed 0" in again.stderr
+    report_dir = tmp_path / "s1"
+    out = compare(
+        "--run-dir", str(report_dir), "--seed", "1", "--tuned", str(tuning / "tuned.json"), "--seeds", "0"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = json.loads((report_dir / "results.json").read_text())["runs"]
+    assert sorted({r["method"] for r in runs}) == ["finetune", "kga", "retrain", "salun"]
+    assert len([r for r in runs if r["method"] == "kga"]) == 2  # the default and the tuned one
+    text = (report_dir / "report.md").read_text()
+    assert "salun^(0)" in text and "time with helpers / retrain" in text

@@ -87,9 +87,7 @@ def test_parse_freeze():
         3,
     )
     assert (
-        parse_freeze([8], "vgg11") == (8,)
-        and freeze_label((1, 2)) == "(1,2)"
-        and freeze_label(()) == "(0)"
+        parse_freeze([8], "vgg11") == (8,) and freeze_label((1, 2)) == "(1,2)" and freeze_label(()) == "(0)"
     )
 
 

@@ -50,15 +50,11 @@ def assert_within_twice_ref(got, ref, truth, floor: float) -> None:
     truth = truth.double()
     assert torch.equal(got.isnan().cpu(), truth.isnan().cpu()), "NaN positions differ"
     ok = ~truth.isnan() & truth.isfinite()
-    assert torch.equal(got.double()[~ok & ~truth.isnan()], truth[~ok & ~truth.isnan()]), (
-        "infs differ"
-    )
+    assert torch.equal(got.double()[~ok & ~truth.isnan()], truth[~ok & ~truth.isnan()]), "infs differ"
     scale = max(1.0, truth[ok].abs().max().item()) if ok.any() else 1.0
     err_got = (got.double() - truth)[ok].abs().max().item() if ok.any() else 0.0
     err_ref = (ref.double() - truth)[ok].abs().max().item() if ok.any() else 0.0
-    assert err_got <= 2 * err_ref + floor * scale, (
-        f"fused err {err_got:.3g}, reference err {err_ref:.3g}"
-    )
+    assert err_got <= 2 * err_ref + floor * scale, f"fused err {err_got:.3g}, reference err {err_ref:.3g}"
 
 
 def run(fn, p, q, grad_out=None):
@@ -111,9 +107,7 @@ def test_parity(device, op, shape, dtype):
 def test_mixed_and_double_dtypes(device, op, dtypes):
     p = logits(33, 130, dtype=dtypes[0], device=device, seed=3)
     q = logits(33, 130, dtype=dtypes[1], device=device, seed=4)
-    check_parity(
-        op, p, q, grad_out=torch.randn(33, generator=torch.Generator().manual_seed(5)).to(device)
-    )
+    check_parity(op, p, q, grad_out=torch.randn(33, generator=torch.Generator().manual_seed(5)).to(device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -194,9 +188,7 @@ def test_gradcheck_float64(op):
 def test_frozen_teacher_gets_no_gradient_work():
     p, q = logits(4, 9).requires_grad_(True), logits(4, 9)
     out, stats = torch.ops.kga_fast.kl_rows.default(p, q)
-    dp, dq = torch.ops.kga_fast.kl_rows_backward.default(
-        torch.ones(4), p, q, out, stats, True, False
-    )
+    dp, dq = torch.ops.kga_fast.kl_rows_backward.default(torch.ones(4), p, q, out, stats, True, False)
     assert dp.shape == p.shape and dq.numel() == 0
 
 

@@ -69,9 +69,7 @@ def lay_out(x: torch.Tensor, offset: int, row_stride: int) -> torch.Tensor:
     return flat
 
 
-def emulate(
-    binary, tmp: Path, op: str, p, q, grad, *, offsets=(0, 0), pad=(0, 0), want=(True, True)
-):
+def emulate(binary, tmp: Path, op: str, p, q, grad, *, offsets=(0, 0), pad=(0, 0), want=(True, True)):
     """Runs the forward and then the backward kernel; returns out, dp, dq (None if not wanted)."""
     n, c = p.shape
     strides = (c + pad[0], c + pad[1])
@@ -144,9 +142,7 @@ def test_emulated_unaligned_strided_and_partial_gradients(emulator, tmp_path, op
     )
     check(emulator, tmp_path, op, p, q, offsets=(3, 5), pad=(7, 0))  # no common 16-byte shift for q
     check(emulator, tmp_path, op, p, q, offsets=(1, 1), pad=(15, 15), want=(True, False))
-    check(
-        emulator, tmp_path, op, p.float(), q.float(), offsets=(2, 6), pad=(2, 2), want=(False, True)
-    )
+    check(emulator, tmp_path, op, p.float(), q.float(), offsets=(2, 6), pad=(2, 2), want=(False, True))
 
 
 @pytest.mark.parametrize("op", ["kl", "jsd"])

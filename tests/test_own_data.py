@@ -27,8 +27,9 @@ SCRIPT = str(ROOT / "scripts" / "unlearn.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
 
 
-def write_tree(root: Path, *, classes=("cat", "dog", "owl"), per_class=(8, 4), gray=False,
-               sizes=((40, 30), (20, 20))) -> Path:  # fmt: skip
+def write_tree(
+    root: Path, *, classes=("cat", "dog", "owl"), per_class=(8, 4), gray=False, sizes=((40, 30), (20, 20))
+) -> Path:
     """root/train/<class>/*.png|jpg and root/test/<class>/*, of two sizes and both formats."""
     rng = np.random.default_rng(0)
     for split, count in zip(("train", "test"), per_class, strict=True):
@@ -137,21 +138,41 @@ def test_forget_list_names_files_of_the_train_folder(tmp_path):
     listed = tmp_path / "forget.txt"
     listed.write_text("# a deletion request\ndog/000.png\n./cat/000.png\n\n")
     assert read_forget_list(listed, paths).tolist() == [0, 2]
-    for content, match in (("cat/999.png\n", "is not an image"), ("\n", "names no image"),
-                           ("\n".join(paths), "every train image"), ("cat/000.png\ncat/000.png", "twice")):  # fmt: skip
+    for content, match in (
+        ("cat/999.png\n", "is not an image"),
+        ("\n", "names no image"),
+        ("\n".join(paths), "every train image"),
+        ("cat/000.png\ncat/000.png", "twice"),
+    ):
         listed.write_text(content)
         with pytest.raises(UserError, match=match):
             read_forget_list(listed, paths)
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
-FOLDER_ARGS = ["--dataset", "folder", "--arch", "resnet18", "--batch-size", "8", "--inner-steps", "2",
-               "--freeze", "0", "--pretrain-preset", "paper", "--pretrain-epochs", "1",
-               "--new-fraction", "0.5"]  # fmt: skip
+FOLDER_ARGS = [
+    "--dataset",
+    "folder",
+    "--arch",
+    "resnet18",
+    "--batch-size",
+    "8",
+    "--inner-steps",
+    "2",
+    "--freeze",
+    "0",
+    "--pretrain-preset",
+    "paper",
+    "--pretrain-epochs",
+    "1",
+    "--new-fraction",
+    "0.5",
+]
 
 
 @pytest.mark.slow
@@ -165,8 +186,20 @@ def test_your_model_your_folder_your_request_without_retraining(tmp_path):
     forget = tmp_path / "forget.txt"
     forget.write_text("cat/000.png\ncat/001.jpg\ndog/002.png\nowl/003.jpg\n")
     run_dir = tmp_path / "run"
-    args = ["--run-dir", str(run_dir), "--data-dir", str(tree), "--model", str(weights),
-            "--forget-list", str(forget), "--no-retrain", "--normalize", "imagenet", *FOLDER_ARGS]  # fmt: skip
+    args = [
+        "--run-dir",
+        str(run_dir),
+        "--data-dir",
+        str(tree),
+        "--model",
+        str(weights),
+        "--forget-list",
+        str(forget),
+        "--no-retrain",
+        "--normalize",
+        "imagenet",
+        *FOLDER_ARGS,
+    ]
     proc = run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "your model" in proc.stdout and "held-out D_t accuracy" in proc.stdout
@@ -216,3 +249,40 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, extra, message):
     assert last.startswith("error:") or "error:" in last, last
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (run_dir / "models").exists() and not (run_dir / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_python_api_example_on_your_model_and_folder(tmp_path):
+    """examples/own_model.py: kga_fast.unlearn_model on a torchvision resnet18 and an ImageFolder
+    tree; the unlearned state dict loads back into torchvision's resnet18."""
+    tree = write_tree(tmp_path / "images", per_class=(8, 10))  # D_n: 3 of the 30 test images
+    torch.manual_seed(0)
+    weights = tmp_path / "mine.pt"
+    torch.save(tvm.resnet18(num_classes=3).state_dict(), weights)
+    forget = tmp_path / "forget.txt"
+    forget.write_text("cat/000.png\ndog/001.jpg\nowl/002.png\nowl/003.jpg\ncat/004.png\n")
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / "own_model.py"),
+        "--data-dir",
+        str(tree),
+        "--model",
+        str(weights),
+        "--forget-list",
+        str(forget),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "1",
+    ]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy on the forgotten images" in proc.stdout
+    state = torch.load(run_dir / "unlearned_state_dict.pt", weights_only=True)
+    back = tvm.resnet18(num_classes=3)
+    back.load_state_dict(state)  # strict: the user's own key names
+    (record,) = json.loads((run_dir / "results.json").read_text())["runs"]
+    assert (
+        record["retrain"] is False and len(json.loads((run_dir / "splits.json").read_text())["forget"]) == 5
+    )

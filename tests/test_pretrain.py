@@ -52,9 +52,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (interrupted / "models" / "Ad.safetensors").exists(), (
-        "run finished before it was killed"
-    )
+    assert not (interrupted / "models" / "Ad.safetensors").exists(), "run finished before it was killed"
     resumed = pretrain(interrupted, *args)
     assert "resuming after epoch" in resumed.stdout
     a = load_file(tmp_path / "straight" / "models" / "Ad.safetensors")
@@ -107,8 +105,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_helper_recipes_train_a_f_and_a_n_on_their_sets(tmp_path, helpers):
     """matched: A_f on |D_n| images of D_f under exactly A_n's schedule; shared: both on their
     own set plus the same slice S of D_r. What each trained on is in its JSON."""
-    pretrain(tmp_path, "--only", "Af,An", "--helpers", helpers, "--pretrain-preset", "paper",
-             "--pretrain-epochs", "2")  # fmt: skip
+    pretrain(
+        tmp_path,
+        "--only",
+        "Af,An",
+        "--helpers",
+        helpers,
+        "--pretrain-preset",
+        "paper",
+        "--pretrain-epochs",
+        "2",
+    )
     splits = json.loads((tmp_path / "splits.json").read_text())
     meta = {m: json.loads((tmp_path / "models" / f"{m}.json").read_text()) for m in ("Af", "An")}
     assert meta["Af"]["helpers"] == meta["An"]["helpers"] == helpers

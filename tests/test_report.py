@@ -30,11 +30,17 @@ def record(seed: int, freeze: list[int], *, shift: float = 0.0, **extra) -> dict
         }
 
     return {
-        "dataset": "fashion-mnist", "arch": "resnet18", "freeze": freeze, "seed": seed,
-        "preset": "default", "config": {"lr": 0.01, "seed": seed}, "unlearn_seconds": 60.0 + 30 * seed,
-        "checkpoint": f"models/Astar-{seed}.safetensors", "eval": {"test": split(0.3), "forget": split(0.2)},
+        "dataset": "fashion-mnist",
+        "arch": "resnet18",
+        "freeze": freeze,
+        "seed": seed,
+        "preset": "default",
+        "config": {"lr": 0.01, "seed": seed},
+        "unlearn_seconds": 60.0 + 30 * seed,
+        "checkpoint": f"models/Astar-{seed}.safetensors",
+        "eval": {"test": split(0.3), "forget": split(0.2)},
         **extra,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture

@@ -51,8 +51,7 @@ def test_toy_rule_stops_exactly_where_a_star_is_as_far_from_a_f_as_a_d_from_a_n(
     must fire exactly from the t* where that distance equals the target (t* = 1 student first)."""
     teachers = {"Af": Fixed([0.0, 0.0]), "An": Fixed([0.0, 0.0]), "Ad": Fixed([1.0, -1.0])}
     images = torch.zeros(5, 1, 4, 4, dtype=torch.uint8)
-    rule = GapStop(teachers, images, images, mean=(0.5,), std=(0.5,), accelerator=None,
-                   direction=direction)  # fmt: skip
+    rule = GapStop(teachers, images, images, mean=(0.5,), std=(0.5,), accelerator=None, direction=direction)
     target = kl_from_uniform(1.0)
     assert rule.target == pytest.approx(target, rel=1e-6)
     distance = kl_from_uniform if direction == "student_first" else kl_to_uniform_reversed
@@ -117,5 +116,6 @@ def test_unlearn_without_reaching_the_target_runs_every_epoch(acc):
     else:
         assert checks[-1][1] >= result.stopping["target"]
         assert all(kl < result.stopping["target"] for _, kl in checks[:-1])
-    assert unlearn(make_models(), data, small_cfg(epochs=2), freeze=(1, 2, 3), seed=0,
-                   accelerator=acc).stopping == {"rule": "epochs"}  # fmt: skip
+    assert unlearn(
+        make_models(), data, small_cfg(epochs=2), freeze=(1, 2, 3), seed=0, accelerator=acc
+    ).stopping == {"rule": "epochs"}

@@ -59,7 +59,7 @@ class Recorder:
         for name, tag in (("retain_loss", "r"), ("alignment_loss", "a")):
             original = getattr(U, name)
             monkeypatch.setattr(U, name, self._wrap(original, tag))
-        for name, store in (("retain", self.retain_idx), ("forget", self.forget_idx), ("gap", self.new_idx)):  # fmt: skip
+        for name, store in (("retain", self.retain_idx), ("forget", self.forget_idx), ("gap", self.new_idx)):
             monkeypatch.setattr(U.Teachers, name, self._lookup(getattr(U.Teachers, name), store))
         make = U._make_optimizer
 
@@ -91,7 +91,9 @@ class Recorder:
 def test_schedule_steps_and_batches(acc, monkeypatch):
     rec = Recorder(monkeypatch)
     data = make_data(100, 40, 20)  # D_r: 7 batches of 16 (the last 4); pairs of 16 (D_n has 20)
-    result = unlearn(make_models(), data, small_cfg(epochs=2, lr=0.01), freeze=(1, 2, 3), seed=0, accelerator=acc)  # fmt: skip
+    result = unlearn(
+        make_models(), data, small_cfg(epochs=2, lr=0.01), freeze=(1, 2, 3), seed=0, accelerator=acc
+    )
     # Steps after retain batches 3, 6 and the epoch's last, 7; L_r before L_a within a step.
     epoch = ["r", "r", "r", "a", "s", "r", "r", "r", "a", "s", "r", "a", "s"]
     assert rec.events == epoch * 2
@@ -116,9 +118,7 @@ def test_one_step_matches_reference_losses(acc, monkeypatch, direction, reductio
     gradient of sum_b L_r,b (1 - ratio) / inner + L_a, each written out with the reference KL."""
     rec = Recorder(monkeypatch)
     models, data = make_models(), make_data(24, 16, 10)
-    cfg = small_cfg(
-        batch_size=8, lr=1.0, ratio=0.3, direction=direction, reduction=reduction, impl=impl
-    )
+    cfg = small_cfg(batch_size=8, lr=1.0, ratio=0.3, direction=direction, reduction=reduction, impl=impl)
     result = unlearn(models, data, cfg, freeze=(1,), seed=3, accelerator=acc)
     assert rec.events == ["r", "r", "r", "a", "s"]
 
@@ -160,7 +160,12 @@ def test_one_step_matches_reference_losses(acc, monkeypatch, direction, reductio
     assert moved > 10
 
 
-FREEZE_CASES = [("resnet18", (1, 2)), ("resnet18", (2, 4)), ("vgg11", (1, 2, 3)), ("vgg11-bn-cifar", (1, 3, 8))]  # fmt: skip
+FREEZE_CASES = [
+    ("resnet18", (1, 2)),
+    ("resnet18", (2, 4)),
+    ("vgg11", (1, 2, 3)),
+    ("vgg11-bn-cifar", (1, 3, 8)),
+]
 
 
 @pytest.mark.parametrize("arch,freeze", FREEZE_CASES)
@@ -184,7 +189,9 @@ def test_frozen_blocks_are_bitwise_unchanged(acc, monkeypatch, arch, freeze):
             continue
         same = [torch.equal(before[k], after[k]) for k in names]
         if i in freeze:
-            assert all(same), f"frozen block {i} changed: {[k for k, s in zip(names, same, strict=True) if not s]}"  # fmt: skip
+            assert all(same), (
+                f"frozen block {i} changed: {[k for k, s in zip(names, same, strict=True) if not s]}"
+            )
             assert all(not p.requires_grad for p in block.parameters())
         else:
             assert not all(same), f"trainable block {i} did not move"
@@ -200,7 +207,7 @@ def test_cached_teachers_give_the_same_losses_and_updates(acc, monkeypatch):
         with monkeypatch.context() as patch:
             rec = Recorder(patch)
             cfg = small_cfg(epochs=2, batch_size=8, cache_teachers=cached, lr=0.05)
-            result = unlearn(make_models(), make_data(24, 16, 12), cfg, freeze=(), seed=1, accelerator=acc)  # fmt: skip
+            result = unlearn(make_models(), make_data(24, 16, 12), cfg, freeze=(), seed=1, accelerator=acc)
         runs.append((rec.values, rec.retain_idx, result))
     (v1, i1, r1), (v2, i2, r2) = runs
     assert all(torch.equal(a, b) for a, b in zip(i1, i2, strict=True))
@@ -211,7 +218,7 @@ def test_cached_teachers_give_the_same_losses_and_updates(acc, monkeypatch):
     start = list(make_models()["Ad"].parameters())
 
     def update(result) -> torch.Tensor:  # all parameter changes, flattened
-        return torch.cat([(p - p0).flatten() for p, p0 in zip(result.model.parameters(), start, strict=True)])  # fmt: skip
+        return torch.cat([(p - p0).flatten() for p, p0 in zip(result.model.parameters(), start, strict=True)])
 
     u1, u2 = update(r1), update(r2)
     assert u1.norm() > 0.1
@@ -238,7 +245,7 @@ def test_resume_after_interruption_is_exact(acc, monkeypatch, tmp_path):
     resumed = unlearn(models, data, cfg, freeze=(2, 3, 4), seed=2, accelerator=acc, state_dir=state)
     assert resumed.epochs_resumed == 1
     assert resumed.losses == whole.losses
-    for p, q in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):  # fmt: skip
+    for p, q in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(p, q)
     assert resumed.seconds > resumed.cache_seconds
 
@@ -255,8 +262,16 @@ def test_presets_and_config_checks():
     assert UNLEARN_PRESETS["default"] == UnlearnConfig()  # the field defaults are the preset
     for preset in UNLEARN_PRESETS.values():
         check_config(preset)
-    bad = [dict(optimizer="rmsprop"), dict(direction="both"), dict(reduction="sum"), dict(lr=0.0),
-           dict(ratio=1.5), dict(inner_steps=0), dict(epochs=0), dict(batch_size=0)]  # fmt: skip
+    bad = [
+        dict(optimizer="rmsprop"),
+        dict(direction="both"),
+        dict(reduction="sum"),
+        dict(lr=0.0),
+        dict(ratio=1.5),
+        dict(inner_steps=0),
+        dict(epochs=0),
+        dict(batch_size=0),
+    ]
     for kw in bad:
         with pytest.raises(UserError):
             check_config(UnlearnConfig(**kw))

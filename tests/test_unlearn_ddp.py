@@ -32,9 +32,18 @@ def run(out: Path, arch: str, freeze: str, processes: int) -> dict:
     if processes == 1:
         cmd = [sys.executable, WORKER]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(processes), WORKER]  # fmt: skip
-    proc = subprocess.run([*cmd, str(out), arch, freeze], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            WORKER,
+        ]
+    proc = subprocess.run(
+        [*cmd, str(out), arch, freeze], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(out)
     assert saved["world"] == processes

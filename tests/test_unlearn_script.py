@@ -38,8 +38,20 @@ pytestmark = pytest.mark.skipif(
 def run_script(*args: str, launch: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
     if launch:
         accelerate = Path(sys.executable).with_name("accelerate")
-        cmd = [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
-               "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT]  # fmt: skip
+        cmd = [
+            str(accelerate),
+            "launch",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--cpu",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            SCRIPT,
+        ]
     else:
         cmd = [sys.executable, SCRIPT]
     return subprocess.run([*cmd, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
@@ -48,7 +60,7 @@ def run_script(*args: str, launch: bool = False, timeout: int = 300) -> subproce
 def seed_run(run_dir: Path, dataset: str = "fashion-mnist", data_dir: Path | None = None) -> Path:
     """A run folder with its split and four (randomly initialised) "pretrained" models, so the
     tests below exercise unlearning, not pretraining (tested on its own)."""
-    cfg = RunConfig(run_dir=run_dir, dataset=dataset, data_dir=data_dir, train_subset=64, test_subset=40)  # fmt: skip
+    cfg = RunConfig(run_dir=run_dir, dataset=dataset, data_dir=data_dir, train_subset=64, test_subset=40)
     run = open_run(cfg)
     torch.manual_seed(0)
     for name in ("Ad", "Af", "An", "Ar"):
@@ -82,7 +94,12 @@ def test_tiny_end_to_end_run_pretrains_unlearns_and_reports(tmp_path):
     runs = read_results(run_dir)["runs"]
     assert [r["freeze"] for r in runs] == [[], [1, 2]]
     for r in runs:
-        assert (r["dataset"], r["arch"], r["seed"], r["preset"]) == ("fashion-mnist", "resnet18", 0, "default")  # fmt: skip
+        assert (r["dataset"], r["arch"], r["seed"], r["preset"]) == (
+            "fashion-mnist",
+            "resnet18",
+            0,
+            "default",
+        )
         assert (run_dir / r["checkpoint"]).is_file() and r["unlearn_seconds"] > 0
         for split in ("test", "forget"):
             ev = r["eval"][split]
@@ -113,8 +130,13 @@ def test_killed_run_resumes_from_its_last_epoch(run_dir):
         "--epochs",
         "6",
     ]
-    proc = subprocess.Popen([sys.executable, *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     try:
         while not any((run_dir / "state").glob("Astar*/progress.json")):
@@ -125,7 +147,7 @@ def test_killed_run_resumes_from_its_last_epoch(run_dir):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (run_dir / "results.json").exists()
-    done = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed after epoch" in done.stdout
     (record,) = read_results(run_dir)["runs"]
@@ -138,7 +160,10 @@ def _write_cifar10(folder: Path, n: int) -> None:
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}  # fmt: skip
+        entry = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, n).tolist(),
+        }
         (base / f).write_bytes(pickle.dumps(entry))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
 
@@ -183,8 +208,21 @@ def test_bad_input_fails_clearly_and_leaves_results_alone(run_dir, tmp_path, cap
 
 
 def test_reproduce_paper_dry_run_lists_the_grid():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_paper.py"), "--data-dir", "/data",
-                           "--dry-run", "--", "--mixed-precision", "bf16"], env=ENV, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "reproduce_paper.py"),
+            "--data-dir",
+            "/data",
+            "--dry-run",
+            "--",
+            "--mixed-precision",
+            "bf16",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 4  # {cifar10, cifar100} x {resnet18, vgg11}
@@ -198,14 +236,28 @@ def test_reproduce_paper_runs_its_grid(tmp_path):
     _write_cifar10(tmp_path / "cifar", 50)
     runs = tmp_path / "runs"
     seed_run(runs / "cifar10-resnet18", "cifar10", tmp_path / "cifar")
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce_paper.py"), "--data-dir", str(tmp_path / "cifar"),
-           "--runs-dir", str(runs), "--datasets", "cifar10", "--archs", "resnet18", "--seeds", "0",
-           "--", "--no-pretrain", *SMALL, "--epochs", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "reproduce_paper.py"),
+        "--data-dir",
+        str(tmp_path / "cifar"),
+        "--runs-dir",
+        str(runs),
+        "--datasets",
+        "cifar10",
+        "--archs",
+        "resnet18",
+        "--seeds",
+        "0",
+        "--",
+        "--no-pretrain",
+        *SMALL,
+        "--epochs",
+        "1",
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_results(runs / "cifar10-resnet18")["runs"]
     assert [r["freeze"] for r in records] == [[], [1], [1, 2], [1, 2, 3]]
-    assert {(r["preset"], r["config"]["lr"], r["config"]["epochs"]) for r in records} == {
-        ("paper", 0.05, 1)
-    }
+    assert {(r["preset"], r["config"]["lr"], r["config"]["epochs"]) for r in records} == {("paper", 0.05, 1)}
     assert "resnet18^(1,2,3)" in proc.stdout and (runs / "cifar10-resnet18" / "report.md").is_file()
