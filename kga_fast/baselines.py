@@ -47,18 +47,11 @@ from kga_fast.errors import UserError
 from kga_fast.evaluate import predict
 from kga_fast.losses import kl_rows
 from kga_fast.models import StagedNet
-from kga_fast.unlearn import UnlearnData, UnlearnResult, start_from_ad, stream_seed
+from kga_fast.unlearn import UnlearnResult, start_from_ad, stream_seed
+from kga_fast.unlearn_data import MethodData
 
 METHODS = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "salun", "scrub")
 TRAINED = ("finetune", "gradient_ascent", "random_label", "salun", "scrub")  # unlearn_baseline's
-
-
-@dataclass
-class MethodData(UnlearnData):
-    """UnlearnData plus the labels the baselines train on (KGA's unlearn accepts it as is)."""
-
-    retain_labels: torch.Tensor  # (N_r,) int64
-    forget_labels: torch.Tensor  # (N_f,) int64
 
 
 @dataclass

@@ -12,8 +12,6 @@ is one forward pass over each set, counted in the unlearning time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from kga_fast import accel
@@ -21,9 +19,7 @@ from kga_fast.data import DeviceLoader
 from kga_fast.evaluate import predict
 from kga_fast.losses import kl_rows
 from kga_fast.models import StagedNet
-
-if TYPE_CHECKING:
-    from kga_fast.unlearn import UnlearnData
+from kga_fast.unlearn_data import UnlearnData
 
 
 class Teachers:

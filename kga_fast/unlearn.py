@@ -51,6 +51,7 @@ from kga_fast.freeze import apply_freeze
 from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
 from kga_fast.models import StagedNet
 from kga_fast.stopping import GapStop, holdout_split
+from kga_fast.unlearn_data import UnlearnData
 
 OPTIMIZERS = ("adam", "sgd")
 STOPS = ("epochs", "gap")
@@ -129,20 +130,6 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
             )
             raise UserError(f"{name.replace('_', ' ')} must be {bound}, got {getattr(cfg, name)}")
     return cfg
-
-
-@dataclass
-class UnlearnData:
-    """What unlearning reads: uint8 (N, C, 32, 32) images of D_r, D_f, D_n (no labels: every
-    KGA loss compares model outputs) and the dataset's normalization. For KGA, `forget` holds
-    the D_f images that L_a aligns on: those A_f was trained on (all of D_f, or the matched
-    helper recipe's part of it)."""
-
-    retain: torch.Tensor
-    forget: torch.Tensor
-    new: torch.Tensor
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 @dataclass

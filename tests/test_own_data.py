@@ -215,6 +215,10 @@ def test_your_model_your_folder_your_request_without_retraining(tmp_path):
     assert record["mia"]["A*"]["loss_lr_cv_acc"] is None  # 4 images: too few to cross-validate
     assert 0 <= record["mia"]["A*"]["mia_efficacy_confidence"] <= 1
     assert set(record["phases"]) == {"helper_models", "caching", "unlearning", "evaluation"}
+    assert set(record["helper_seconds"]) == {"Af", "An"} and all(
+        v > 0 for v in record["helper_seconds"].values()
+    )
+    assert record["phases"]["helper_models"] == pytest.approx(sum(record["helper_seconds"].values()))
     assert record["peak_memory"]["kind"] == "cpu_peak_rss" and record["peak_memory"]["bytes"] > 0
     report = (run_dir / "report.md").read_text()
     assert "A_r was not trained" in report
