@@ -29,6 +29,11 @@ from kga_fast.user_model import load_user_model
 
 MODEL_NAMES = ("Ad", "Af", "An", "Ar")
 DESCRIPTION = {"Ad": "A_d on D", "Af": "A_f on D_f", "An": "A_n on D_n", "Ar": "A_r on D_r"}
+# What the helper recipes (kga_fast.splits.HELPER_RECIPES) change in those words.
+HELPER_DESCRIPTION = {
+    "shared": {"Af": "A_f on D_f + S", "An": "A_n on D_n + S"},
+    "matched": {"Af": "A_f on |D_n| images of D_f"},
+}
 
 
 def learning_rate(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -121,8 +126,9 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     test_images, test_labels = run.subset("test")
     logits = predict(net, test_images, mean=run.train.mean, std=run.train.std, accelerator=accelerator)
     metrics = classification_metrics(logits, test_labels, run.num_classes)
+    recipe = HELPER_DESCRIPTION.get(run.splits.options.get("helpers"), {})
     accelerator.print(
-        f"[{name}] done: {DESCRIPTION[name]}, {len(images)} images, {epochs} epochs, "
+        f"[{name}] done: {recipe.get(name, DESCRIPTION[name])}, {len(images)} images, {epochs} epochs, "
         f"{progress['seconds']:.0f} s; held-out D_t accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1']:.4f}"
     )
     if accelerator.is_main_process:
