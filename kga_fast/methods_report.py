@@ -59,8 +59,9 @@ def _with_helpers(r: dict, m: str) -> float | None:
     t = _seconds(r, m)
     if t is None or m != "A*" or _method(r) != "kga":
         return t
-    helpers = r.get("helper_seconds")
-    return t + sum(helpers.values()) if isinstance(helpers, dict) else None
+    helpers = r.get("helper_seconds")  # None, or a value None, where a helper's time is unknown
+    known = isinstance(helpers, dict) and all(isinstance(v, int | float) for v in helpers.values())
+    return t + sum(helpers.values()) if known else None
 
 
 def _relative(seconds: Getter) -> Getter:

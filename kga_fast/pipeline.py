@@ -61,7 +61,10 @@ class Job:
             key = config_key(self.cfg)
         else:
             key = {} if self.method == "retrain" else baseline_config_key(self.cfg)
-        return key | {"mixed_precision": str(accelerator.mixed_precision)}
+        # Without A_r the evaluation differs: such a run is its own record, never taken for
+        # (or skipped because of) the same setting evaluated against A_r.
+        extra = {} if self.retrain else {"retrain": False}
+        return key | {"mixed_precision": str(accelerator.mixed_precision)} | extra
 
 
 def model_name(method: str, arch: str, freeze: tuple[int, ...], seed: int, preset: str, config: dict) -> str:

@@ -280,12 +280,9 @@ def record(method: str | None, seed: int, acc_forget: float, seconds: float) -> 
 
 
 def test_methods_table_appears_in_report_md(tmp_path, monkeypatch):
-    for r in [
-        record(None, 0, 0.82, 10.0),
-        record(None, 1, 0.84, 12.0),
-        record("finetune", 0, 0.9, 20.0),
-        record("retrain", 0, 0.8, 40.0),
-    ]:
+    kga = [record(None, 0, 0.82, 10.0), record(None, 1, 0.84, 12.0)]
+    kga[0]["helper_seconds"] = kga[1]["helper_seconds"] = {"Af": 20.0, "An": 10.0}
+    for r in [*kga, record("finetune", 0, 0.9, 20.0), record("retrain", 0, 0.8, 40.0)]:
         results.append_result(tmp_path, r)
     monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, methods_report.methods_section])
     md, _ = report.write_report(tmp_path)
@@ -294,6 +291,8 @@ def test_methods_table_appears_in_report_md(tmp_path, monkeypatch):
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     assert "0.830 ± 0.014" in rows["kga^(1,2) (default)"]  # Acc D_f: mean, sample std of 2 seeds
     assert "0.275 ± 0.035" in rows["kga^(1,2) (default)"]  # time / retrain: 11 s of 40 s
+    assert rows["kga^(1,2) (default)"].rstrip(" |").endswith("1.025 ± 0.035")  # + 30 s of helpers
+    assert rows["finetune^(1,2) (default)"].rstrip(" |").endswith("0.500 ± 0.000")  # no helpers
     assert "0.900 ± 0.000" in rows["finetune^(1,2) (default)"]
     assert "retrain^(1,2) (default)" not in rows  # folded into the A_r reference row
     assert "1.000 ± 0.000" in rows["retrain (A_r)"] and "original (A_d)" in rows
