@@ -141,6 +141,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
                 "split": list(TRAINED_ON[name]),
                 "images": len(images),
                 "helpers": run.splits.options.get("helpers", "disjoint"),
+                "normalize": {"mean": list(run.train.mean), "std": list(run.train.std)},
                 "epochs": epochs,
                 "config": dataclasses.asdict(pre),
                 "seed": cfg.seed,
@@ -215,12 +216,7 @@ def import_ad(run: Run, accelerator: Accelerator) -> None:
     its D_t accuracy printed and recorded before anything is unlearned (a wrong --normalize shows
     at once), saved as models/Ad. A folder whose A_d came from another file is refused."""
     cfg = run.cfg
-    model, info = load_user_model(cfg.model, arch=cfg.arch)
-    if (info["num_classes"], info["in_channels"]) != (run.num_classes, run.in_channels):
-        raise UserError(
-            f"{cfg.model} has {info['num_classes']} classes and {info['in_channels']} input channels; "
-            f"the dataset has {run.num_classes} and {run.in_channels}"
-        )
+    model, info = load_user_model(cfg.model, arch=cfg.arch)  # its shape: checked by open_run
     if has_model(cfg.run_dir, "Ad"):
         _, meta = load_model(cfg.run_dir, "Ad")
         if meta.get("sha256") != info["sha256"]:

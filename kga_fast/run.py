@@ -17,6 +17,7 @@ from kga_fast.config import RunConfig
 from kga_fast.data import ImageSet, load_images
 from kga_fast.errors import UserError
 from kga_fast.splits import Splits, load_or_create_splits
+from kga_fast.user_model import load_user_model
 
 SUBSETS = ("forget", "retain", "new", "test", "helper_forget", "shared")
 IN_TEST_SET = ("new", "test")  # the others index the train set
@@ -85,6 +86,16 @@ def check_run_dir(run_dir: Path) -> None:
         raise UserError(f"cannot create the run folder {run_dir}: {parent} is not writable")
 
 
+def check_model_fits(path: str, arch: str, train: ImageSet) -> None:
+    """UserError unless the weights file is an `arch` of the dataset's class and channel counts."""
+    _, info = load_user_model(path, arch=arch)
+    if (info["num_classes"], info["in_channels"]) != (train.num_classes, train.in_channels):
+        raise UserError(
+            f"{path} has {info['num_classes']} classes and {info['in_channels']} input channels; "
+            f"the dataset has {train.num_classes} and {train.in_channels}"
+        )
+
+
 def open_run(cfg: RunConfig, accelerator=None) -> Run:
     """Load the datasets and the split of `cfg.run_dir` (created on first use, on the main process)."""
     distributed = accelerator is not None and accelerator.num_processes > 1
@@ -97,6 +108,8 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
     test = load_images(
         cfg.dataset, cfg.data_dir, train=False, download=cfg.download, image_size=cfg.image_size
     )
+    if cfg.model is not None:  # the user's A_d must fit the data: checked before anything is written
+        check_model_fits(cfg.model, cfg.arch, train)
     if cfg.normalize is not None:  # the model's own preprocessing instead of the dataset's
         mean, std = (tuple(v) * (train.in_channels if len(v) == 1 else 1) for v in cfg.normalize)
         if len(mean) != train.in_channels:

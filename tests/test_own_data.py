@@ -222,6 +222,8 @@ def test_your_model_your_folder_your_request_without_retraining(tmp_path):
     assert record["peak_memory"]["kind"] == "cpu_peak_rss" and record["peak_memory"]["bytes"] > 0
     report = (run_dir / "report.md").read_text()
     assert "A_r was not trained" in report
+    af = json.loads((run_dir / "models" / "Af.json").read_text())
+    assert af["normalize"] == ad["normalize"]  # every model of the folder sees one preprocessing
     # The same folder with another model file is refused, and nothing is overwritten.
     other = tmp_path / "other.pt"
     torch.save(tvm.resnet18(num_classes=3).state_dict(), other)
@@ -229,6 +231,16 @@ def test_your_model_your_folder_your_request_without_retraining(tmp_path):
     bad = run(*[str(other) if a == str(weights) else a for a in args])
     assert bad.returncode == 2 and "holds an A_d that is not" in bad.stderr
     assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_a_model_of_another_class_count_is_refused_before_anything_is_written(tmp_path):
+    tree = write_tree(tmp_path / "images")  # 3 classes
+    weights = tmp_path / "five.pt"
+    torch.save(tvm.resnet18(num_classes=5).state_dict(), weights)
+    run_dir = tmp_path / "run"
+    proc = run("--run-dir", str(run_dir), "--data-dir", str(tree), "--model", str(weights), *FOLDER_ARGS)
+    assert proc.returncode == 2 and "has 5 classes" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run_dir.exists()  # not even splits.json
 
 
 @pytest.mark.parametrize(
