@@ -148,31 +148,14 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
             state_dir = run_dir / "state" / name
             desc = f"{job.method} {label} seed {seed}"
             accel.reset_peak_memory(accelerator)
+            common = dict(freeze=freeze, seed=seed, accelerator=accelerator, state_dir=state_dir, desc=desc)
             if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
                 aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
-                result = unlearn(
-                    models,
-                    aligned,
-                    job.cfg,
-                    freeze=freeze,
-                    seed=seed,
-                    accelerator=accelerator,
-                    state_dir=state_dir,
-                    desc=desc,
-                )
+                result = unlearn(models, aligned, job.cfg, **common)
             elif job.method == "retrain":
                 result = retrain(models, run_dir)
             else:
-                result = unlearn_baseline(
-                    models,
-                    data,
-                    job.cfg,
-                    freeze=freeze,
-                    seed=seed,
-                    accelerator=accelerator,
-                    state_dir=state_dir,
-                    desc=desc,
-                )
+                result = unlearn_baseline(models, data, job.cfg, **common)
             if result.epochs_resumed:
                 accelerator.print(f"{label} seed {seed}: resumed after epoch {result.epochs_resumed}")
             peak = accel.peak_memory(accelerator)
