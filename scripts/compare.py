@@ -22,19 +22,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from kga_fast import accel
 from kga_fast.compare import BUDGET, GRID, compare, tune
-from kga_fast.config import add_run_args, run_config_from_args, use_quick_subsets
+from kga_fast.config import add_run_args, run_config_from_args, seed_list, use_quick_subsets
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.pipeline import report
 from kga_fast.pretrain import ensure_pretrained
 from kga_fast.run import open_run
-
-
-def seed_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:

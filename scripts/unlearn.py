@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from kga_fast import accel
 from kga_fast.baselines import BASELINE_PRESETS, METHODS, check_baseline_config
-from kga_fast.config import QUICK_SUBSETS, add_run_args, run_config_from_args, use_quick_subsets
+from kga_fast.config import QUICK_SUBSETS, add_run_args, run_config_from_args, seed_list, use_quick_subsets
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
@@ -53,16 +53,6 @@ OVERRIDES = {
     "holdout": float,
     "check_every": int,
 }
-
-
-def seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
-    return seeds
 
 
 def parse_args(argv=None) -> argparse.Namespace:
