@@ -138,7 +138,9 @@ def _cifar(name: str, root: Path | None, train: bool, download: bool) -> tuple[n
 
 @functools.lru_cache(maxsize=1)  # the train and test sets of one folder are read in one pass
 def _folder(root: Path, image_size: int) -> dict:
-    return read_image_folder(root, image_size)
+    tree = read_image_folder(root, image_size)
+    tree["stats"] = channel_stats(tree["train"][0])  # the train split's, for both splits
+    return tree
 
 
 def _folder_set(root: Path | None, train: bool, image_size: int) -> ImageSet:
@@ -148,7 +150,7 @@ def _folder_set(root: Path | None, train: bool, image_size: int) -> ImageSet:
         )
     tree = _folder(root.resolve(), image_size)
     images, labels, paths = tree["train" if train else "test"]
-    mean, std = channel_stats(tree["train"][0])  # the train split's statistics, for both splits
+    mean, std = tree["stats"]
     return ImageSet(
         "folder", torch.from_numpy(images), torch.from_numpy(labels), len(tree["classes"]), mean, std, paths
     )

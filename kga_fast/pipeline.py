@@ -112,6 +112,8 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
         retain_labels=labels["retain"],
         forget_labels=labels["forget"],
     )
+    if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
+        aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
     reference = ("Ad", "Ar") if job.retrain else ("Ad",)
     ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None
     helpers = {m: _seconds_or_none(run_dir, m) for m in ("Af", "An")}
@@ -149,8 +151,7 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
             desc = f"{job.method} {label} seed {seed}"
             accel.reset_peak_memory(accelerator)
             common = dict(freeze=freeze, seed=seed, accelerator=accelerator, state_dir=state_dir, desc=desc)
-            if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
-                aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
+            if job.method == "kga":
                 result = unlearn(models, aligned, job.cfg, **common)
             elif job.method == "retrain":
                 result = retrain(models, run_dir)
