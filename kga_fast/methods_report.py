@@ -46,7 +46,7 @@ def _attack(name: str) -> Getter:
 
 def _jsd_to_ar(split: str) -> Getter:
     # A_r to itself is 0; A_d's row shows the reference JSD(A_d, A_r) (records before it: "-").
-    pairs = {"Ar": None, "A*": "A*,Ar", "Ad": "Ad,Ar"}
+    pairs = {"A*": "A*,Ar", "Ad": "Ad,Ar"}
     return lambda r, m: 0.0 if m == "Ar" else _get(r, "eval", split, "jsd", pairs[m])
 
 

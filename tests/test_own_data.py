@@ -175,16 +175,25 @@ FOLDER_ARGS = [
 ]
 
 
-@pytest.mark.slow
-def test_your_model_your_folder_your_request_without_retraining(tmp_path):
-    """End to end: a torchvision resnet18 of the user's, an ImageFolder tree, a forget list,
-    --no-retrain: no A_r is trained, the records and report have no A_r numbers and say so."""
-    tree = write_tree(tmp_path / "images")
+def users_request(tmp_path: Path, forgotten: list[str], per_class=(8, 4)) -> tuple[Path, Path, Path]:
+    """What a user brings: an ImageFolder tree of 3 classes, a torchvision resnet18 state dict
+    for it, and a forget list naming `forgotten`."""
+    tree = write_tree(tmp_path / "images", per_class=per_class)
     torch.manual_seed(0)
     weights = tmp_path / "mine.pt"
     torch.save(tvm.resnet18(num_classes=3).state_dict(), weights)
     forget = tmp_path / "forget.txt"
-    forget.write_text("cat/000.png\ncat/001.jpg\ndog/002.png\nowl/003.jpg\n")
+    forget.write_text("".join(f"{name}\n" for name in forgotten))
+    return tree, weights, forget
+
+
+@pytest.mark.slow
+def test_your_model_your_folder_your_request_without_retraining(tmp_path):
+    """End to end: a torchvision resnet18 of the user's, an ImageFolder tree, a forget list,
+    --no-retrain: no A_r is trained, the records and report have no A_r numbers and say so."""
+    tree, weights, forget = users_request(
+        tmp_path, ["cat/000.png", "cat/001.jpg", "dog/002.png", "owl/003.jpg"]
+    )
     run_dir = tmp_path / "run"
     args = [
         "--run-dir",
@@ -271,12 +280,8 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, extra, message):
 def test_python_api_example_on_your_model_and_folder(tmp_path):
     """examples/own_model.py: kga_fast.unlearn_model on a torchvision resnet18 and an ImageFolder
     tree; the unlearned state dict loads back into torchvision's resnet18."""
-    tree = write_tree(tmp_path / "images", per_class=(8, 10))  # D_n: 3 of the 30 test images
-    torch.manual_seed(0)
-    weights = tmp_path / "mine.pt"
-    torch.save(tvm.resnet18(num_classes=3).state_dict(), weights)
-    forget = tmp_path / "forget.txt"
-    forget.write_text("cat/000.png\ndog/001.jpg\nowl/002.png\nowl/003.jpg\ncat/004.png\n")
+    forgotten = ["cat/000.png", "dog/001.jpg", "owl/002.png", "owl/003.jpg", "cat/004.png"]
+    tree, weights, forget = users_request(tmp_path, forgotten, per_class=(8, 10))  # D_n: 3 of 30
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
