@@ -1,13 +1,14 @@
 """When to stop KGA unlearning without ever looking at A_r: the "gap" rule.
 
-KGA wants A* to be as far from A_f on D_f as A_d is from A_n on D_n. The rule measures both
-on images kept out of the alignment loss (a seeded share `holdout` of the D_f images that L_a
-aligns on, and of D_n): the target is the mean gap KL(A_d(z) || A_n(z)) over the held-out D_n
-images (a constant), and every `check_every` optimizer steps A*'s mean KL(A*(y) || A_f(y))
-over the held-out D_f images (in eval mode, as A* will be used; the KL in the run's
-direction). Unlearning stops at the first check where that mean reaches the target, or after
-the configured epochs, whichever comes first. Held-out images keep the rule honest: L_a could
-push the KL of the very images it sees past the target while the rest lag behind.
+KGA wants A* to be as far from A_f on D_f as A_d is from A_n on D_n. The target is the mean
+gap KL(A_d(z) || A_n(z)) over all of D_n (a constant: no model that is trained changes it, so
+nothing is gained by holding D_n out, and the gap's heavy tail needs every image it has). Every
+`check_every` optimizer steps the rule measures A*'s mean KL(A*(y) || A_f(y)) over a seeded
+share `holdout` of the D_f images that L_a aligns on, kept out of L_a (in eval mode, as A* will
+be used; the KL in the run's direction). Unlearning stops at the first check where that mean
+reaches the target, or after the configured epochs, whichever comes first. The held-out D_f
+images keep the rule honest: L_a could push the KL of the very images it sees past the target
+while the rest lag behind.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
 
 
 class GapStop:
-    """The gap rule on held-out images (see the module doc). `checks` lists [step, mean KL]."""
+    """The gap rule (see the module doc): A*'s distance to A_f on `held_forget` against the mean
+    gap on `new` (D_n). `checks` lists [step, mean KL]."""
 
     def __init__(
         self,
         teachers: dict,
         held_forget: torch.Tensor,
-        held_new: torch.Tensor,
+        new: torch.Tensor,
         *,
         mean,
         std,
@@ -46,8 +48,8 @@ class GapStop:
         self.images, self.direction, self.impl = held_forget, direction, impl
         self.forget_logits = predict(teachers["Af"], held_forget, **self.norm)  # (H_f, K)
         gap = kl_rows(
-            predict(teachers["Ad"], held_new, **self.norm),
-            predict(teachers["An"], held_new, **self.norm),
+            predict(teachers["Ad"], new, **self.norm),
+            predict(teachers["An"], new, **self.norm),
             impl=impl,
         )
         self.target = float(gap.double().mean())

@@ -74,8 +74,8 @@ class UnlearnConfig:
     epochs: int = 2  # passes over D_r
     direction: str = "student_first"  # student_first (paper eqs. 2, 3) | teacher_first (KGA code)
     reduction: str = "pair"  # pair (paper eq. 2) | batch (KGA code) | sorted (gap distributions)
-    stop: str = "epochs"  # epochs: run them all | gap: stop once the held-out gaps meet (below)
-    holdout: float = 0.2  # stop "gap": share of D_f's and D_n's images kept out of L_a to check it
+    stop: str = "epochs"  # epochs: run them all | gap: stop once A*'s held-out gap meets D_n's (below)
+    holdout: float = 0.2  # stop "gap": share of the D_f images kept out of L_a to check it on
     check_every: int = 4  # stop "gap": optimizer steps between checks
     cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
     prefix_cache_gb: float = 4.0  # frozen-prefix features kept when they fit (0: never)
@@ -193,11 +193,10 @@ def unlearn(
     check_config(cfg)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     held = None
-    if cfg.stop == "gap":  # keep a share of D_f and D_n out of L_a, to check the rule on
+    if cfg.stop == "gap":  # a share of D_f kept out of L_a to check the rule on; D_n whole (the target)
         keep_f, held_f = holdout_split(len(data.forget), cfg.holdout, stream_seed(seed, 4))
-        keep_n, held_n = holdout_split(len(data.new), cfg.holdout, stream_seed(seed, 5))
-        held = (data.forget[held_f], data.new[held_n])
-        data = dataclasses.replace(data, forget=data.forget[keep_f], new=data.new[keep_n])
+        held = (data.forget[held_f], data.new)
+        data = dataclasses.replace(data, forget=data.forget[keep_f])
     per_rank = accel.per_process_batch(accelerator, cfg.batch_size)
     pair = min(per_rank, len(data.forget) // world, len(data.new) // world)  # D_f/D_n pairs per rank
     if pair < 1:

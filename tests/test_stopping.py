@@ -1,6 +1,6 @@
 """The gap rule (kga_fast.stopping): on a toy problem whose answer is known in closed form, and
 inside unlearn(): it stops at the first check that reaches the target, never later, and keeps
-its held-out images out of L_a."""
+its held-out D_f images out of L_a; its target is the gap over all of D_n."""
 
 from __future__ import annotations
 
@@ -100,10 +100,24 @@ def test_unlearn_stops_at_the_first_check_that_reaches_the_target(acc, monkeypat
     assert [c[0] for c in result.stopping["checks"]] == [0, 2, 4, 6]
     assert rec.events.count("s") == 6 and rec.events[-1] == "s"
     assert len(result.losses["align"]) == 2  # epoch 1 whole, epoch 2 up to the stop
-    # L_a drew only from the kept 30 of D_f's 40 images and 15 of D_n's 20.
+    # L_a drew only from the kept 30 of D_f's 40 images, and from all 20 of D_n.
     assert max(int(i.max()) for i in rec.forget_idx) < 30
-    assert max(int(i.max()) for i in rec.new_idx) < 15
+    assert max(int(i.max()) for i in rec.new_idx) >= 15
     assert result.stopping["held_out_forget"] == 10
+
+
+def test_the_target_is_the_mean_gap_over_all_of_d_n(acc):
+    """The target does not depend on the unlearning seed (no D_n image is held out): the mean
+    of KL(A_d || A_n) over every D_n image, computed here by hand."""
+    models, data = make_models(), make_data(48, 24, 12)
+    norm = dict(mean=data.mean, std=data.std)
+    gap = S.kl_rows(S.predict(models["Ad"], data.new, **norm), S.predict(models["An"], data.new, **norm))
+    targets = []
+    for seed in (0, 1):
+        cfg = small_cfg(epochs=1, stop="gap", check_every=1)
+        result = unlearn(make_models(), data, cfg, freeze=(1, 2, 3), seed=seed, accelerator=acc)
+        targets.append(result.stopping["target"])
+    assert targets[0] == targets[1] == pytest.approx(float(gap.double().mean()), rel=1e-5)
 
 
 def test_unlearn_without_reaching_the_target_runs_every_epoch(acc):
