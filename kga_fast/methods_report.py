@@ -11,7 +11,6 @@ A_d before unlearning and A_r (the "retrain" method: records of that method fold
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from collections.abc import Callable
@@ -97,6 +96,12 @@ def _method(r: dict) -> str:
     return r.get("method") or "kga"
 
 
+def _differences(config: dict, twins: list[dict]) -> str:
+    """The fields of `config` on which rows of one label differ: "lr 0.0001, stop gap"."""
+    fields = sorted({f for t in twins for f in t if any(t.get(f) != u.get(f) for u in twins)})
+    return ", ".join(f"{f} {config.get(f, '-')}" for f in fields)
+
+
 def format_methods_table(results: dict | list[dict]) -> str:
     """One markdown table of methods for records of one dataset and arch (see the module doc)."""
     runs = results["runs"] if isinstance(results, dict) else results
@@ -116,10 +121,10 @@ def format_methods_table(results: dict | list[dict]) -> str:
     for label, model in (("original (A_d)", "Ad"), ("retrain (A_r)", "Ar")):
         cells = [_cell(runs, g, model, d) for _, g, d in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for i, key in enumerate(sorted(groups, key=order)):
-        twins = sum(lab == labels[i] for lab in labels) > 1
-        digest = hashlib.sha256(key[3].encode()).hexdigest()[:6]
-        label = labels[i] + (f" [config {digest}]" if twins else "")
+    keys = sorted(groups, key=order)
+    for i, key in enumerate(keys):
+        twins = [json.loads(k[3]) or {} for k, lab in zip(keys, labels, strict=True) if lab == labels[i]]
+        label = labels[i] + (f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else "")
         cells = [_cell(groups[key], g, "A*", d) for _, g, d in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -318,6 +318,15 @@ def test_methods_table_appears_in_report_md(tmp_path, monkeypatch):
     assert methods_report.methods_section([]) == ""
 
 
+def test_rows_of_one_label_name_the_settings_they_differ_in():
+    tuned = record(None, 0, 0.8, 10.0)
+    tuned["config"] = {"lr": 0.01, "stop": "gap"}
+    table = methods_report.format_methods_table([record(None, 0, 0.9, 10.0), tuned])
+    labels = [line.split(" | ")[0][2:] for line in table.splitlines()[4:]]
+    assert set(labels) == {"kga^(1,2) (default) [lr 0.1, stop -]", "kga^(1,2) (default) [lr 0.01, stop gap]"}
+    assert "[" not in methods_report.format_methods_table([record(None, 0, 0.9, 10.0)])
+
+
 def test_report_names_match_the_methods():
     assert methods_report.METHOD_ORDER == B.METHODS
 
