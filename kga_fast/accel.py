@@ -5,6 +5,7 @@ state behind.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -23,11 +24,17 @@ def make_accelerator(mixed_precision: str | None = None) -> Accelerator:
 
     Without a GPU we ask for the CPU explicitly: only then does Accelerate turn a torchrun
     launch with several processes into DDP over gloo (MULTI_CPU).
+
+    The process group is destroyed at exit, while the interpreter is still whole: a gloo group
+    left to the interpreter's teardown sometimes aborts the process ("terminate called without
+    an active exception", SIGABRT) after its work is done (pytorch/pytorch#190489; it failed a
+    CI run here). Whoever builds an Accelerator without this function calls `end_training`.
     """
     cpu = not torch.cuda.is_available()
     if cpu and mixed_precision == "fp16":
         raise UserError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on the CPU")
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    atexit.register(accelerator.end_training)
     if cpu:
         _cpu_threads(accelerator)
     return accelerator

@@ -47,3 +47,4 @@ if __name__ == "__main__":
         {"world": accelerator.num_processes, "logits": logits},
         f"{out}.rank{accelerator.process_index}",
     )
+    accelerator.end_training()  # destroys the gloo group before the interpreter's teardown

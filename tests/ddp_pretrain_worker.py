@@ -1,9 +1,11 @@
 """Worker for tests/test_pretrain.py: pretrain A_d for a few steps under torchrun (2 gloo
-processes on CPU) and check that both ranks end with identical weights.
+processes on CPU) and check that both ranks end with identical weights, and that the process
+group is gone before the interpreter's teardown (make_accelerator's exit hook).
 
     torchrun --nproc_per_node 2 tests/ddp_pretrain_worker.py RUN_DIR OUT_JSON
 """
 
+import atexit
 import json
 import sys
 from pathlib import Path
@@ -18,11 +20,20 @@ from kga_fast.pretrain import train_model  # noqa: E402
 from kga_fast.run import open_run  # noqa: E402
 
 
+def record_teardown(out: Path) -> None:
+    """Runs after make_accelerator's hook (atexit is last in, first out)."""
+    if out.exists():
+        result = json.loads(out.read_text())
+        result["group_destroyed_at_exit"] = not torch.distributed.is_initialized()
+        out.write_text(json.dumps(result))
+
+
 def main() -> None:
     run_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     pre = PRETRAIN_PRESETS["default"]
     pre.epochs, pre.batch_size, pre.min_steps = 1, 64, 0
     cfg = RunConfig(run_dir=run_dir, train_subset=256, test_subset=100, pretrain=pre)
+    atexit.register(record_teardown, out)
     accelerator = accel.make_accelerator("no")
     run = open_run(cfg, accelerator)
     net = train_model(run, "Ad", accelerator)

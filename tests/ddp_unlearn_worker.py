@@ -91,3 +91,4 @@ if __name__ == "__main__":
             out,
         )
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the gloo group before the interpreter's teardown

@@ -392,3 +392,4 @@ if __name__ == "__main__":  # the worker of the test above, under torchrun
     result = ddp_case(torch.load(sys.argv[1]), acc)
     if acc.is_main_process:
         torch.save(result, sys.argv[2])
+    acc.end_training()  # destroys the gloo group before the interpreter's teardown

@@ -77,6 +77,7 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
     subprocess.run(cmd, check=True, timeout=300, env=env, capture_output=True)
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["distributed"]
+    assert result["group_destroyed_at_exit"]  # no gloo teardown abort at exit
     (s0, q0), (s1, q1) = result["checksums"]
     assert s0 == s1 and q0 == q1
     assert (tmp_path / "run" / "models" / "Ad.safetensors").exists()
