@@ -79,7 +79,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     state_dir = cfg.run_dir / "state" / f"pretrain-{name}"
-    progress = accel.load_state(accelerator, state_dir) or {"epoch": -1, "seconds": 0.0}
+    progress = accel.load_state(accelerator, state_dir) or {"epoch": -1, "seconds": 0.0, "train_loss": []}
     if progress["epoch"] >= 0:
         accelerator.print(f"[{name}] resuming after epoch {progress['epoch'] + 1}/{epochs}")
 
@@ -108,15 +108,20 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == y).sum()
         seconds = time.perf_counter() - start
-        progress = {"epoch": epoch, "seconds": progress["seconds"] + seconds}
+        stats = accelerator.reduce(torch.stack([loss_sum / len(loader), correct.float()]), "sum")
+        epoch_loss = stats[0].item() / accelerator.num_processes
+        progress = {
+            "epoch": epoch,
+            "seconds": progress["seconds"] + seconds,
+            "train_loss": [*progress.get("train_loss", []), epoch_loss],  # older state lacks it
+        }
         if epoch == epochs - 1 or time.perf_counter() - last_save >= pre.save_every_seconds:
             # Tiny splits run many short epochs: saving each one would cost more than it saves.
             accel.save_state(accelerator, state_dir, progress)
             last_save = time.perf_counter()
-        stats = accelerator.reduce(torch.stack([loss_sum / len(loader), correct.float()]), "sum")
         seen = len(loader) * loader.batch_size * accelerator.num_processes
         accelerator.print(
-            f"[{name}] epoch {epoch + 1}/{epochs}: loss {stats[0].item() / accelerator.num_processes:.4f}"
+            f"[{name}] epoch {epoch + 1}/{epochs}: loss {epoch_loss:.4f}"
             f"  train acc {stats[1].item() / seen:.4f}  {seen / seconds:.0f} img/s"
         )
 
@@ -146,6 +151,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
                 "config": dataclasses.asdict(pre),
                 "seed": cfg.seed,
                 "train_seconds": progress["seconds"],
+                "train_loss": progress["train_loss"],  # mean per epoch: what a tiny run can check
                 "test_accuracy": metrics["accuracy"],
                 "test_f1": metrics["f1"],
             },

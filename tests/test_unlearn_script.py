@@ -105,7 +105,12 @@ def test_tiny_end_to_end_run_pretrains_unlearns_and_reports(tmp_path):
             ev = r["eval"][split]
             assert all(0 <= ev[m][k] <= 1 for m in ("accuracy", "f1") for k in ("Ad", "A*", "Ar"))
             assert all(0 <= v <= np.log(2) for v in ev["jsd"].values())
-        assert r["eval"]["test"]["accuracy"]["Ad"] > 0.2  # pretraining learned something
+    for name in ("Ad", "Af", "An", "Ar"):
+        # On 64 images D_t accuracy is a few images either side of chance and moves with the
+        # CPU's kernels (AVX-512 vs AVX2); a ResNet fitting its own few images over 100+ SGD steps
+        # lowers its training loss on any box.
+        loss = json.loads((run_dir / "models" / f"{name}.json").read_text())["train_loss"]
+        assert len(loss) >= 2 and all(np.isfinite(loss)) and loss[-1] < loss[0], (name, loss)
     report = (run_dir / "report.md").read_text()
     assert "resnet18^(1,2)" in report and (run_dir / "report.png").stat().st_size > 0
     assert "resnet18^(1,2) seed 0: A* acc" in proc.stdout and "report:" in proc.stdout
