@@ -120,6 +120,7 @@ def run(task, acc, preset: str, **kw):
     return unlearn_baseline(models, data, cfg, freeze=(), seed=0, accelerator=acc)
 
 
+@pytest.mark.numerics
 def test_gradient_ascent_raises_the_forget_loss(task, acc):
     models, data = task
     out = run(task, acc, "gradient_ascent", lr=0.05, epochs=3).model
@@ -127,14 +128,18 @@ def test_gradient_ascent_raises_the_forget_loss(task, acc):
     assert accuracy(out, data.forget, data.forget_labels) < 0.5
 
 
+@pytest.mark.numerics
 def test_random_label_forgets_the_class_and_keeps_the_rest(task, acc):
     _, data = task
-    result = run(task, acc, "random_label", lr=0.05, epochs=4)
+    # lr 0.05 left D_r accuracy at 0.71 for one seed under SSE4.1 kernels (1.0 elsewhere); at 0.02
+    # it is 1.0 for seeds 0-4 under SSE4.1 and AVX2.
+    result = run(task, acc, "random_label", lr=0.02, epochs=4)
     assert accuracy(result.model, data.forget, data.forget_labels) < 0.5
     assert accuracy(result.model, data.retain, data.retain_labels) > 0.9
     assert len(result.losses["loss"]) == 4 and result.seconds > 0
 
 
+@pytest.mark.numerics
 def test_salun_trains_only_the_salient_share_and_forgets(task, acc):
     models, data = task
     result = run(task, acc, "salun", lr=0.05, epochs=4, saliency=0.3)
@@ -188,6 +193,7 @@ def test_saliency_mask_keeps_its_share_when_most_gradients_tie_at_zero(acc):
     assert mask.tolist() == [[True, True, True, False], [True, False, False, False]]
 
 
+@pytest.mark.numerics
 def test_finetune_on_retain_fits_retain_and_drifts_from_the_forgotten_class(task, acc):
     models, data = task
     out = run(task, acc, "finetune", lr=0.05, epochs=4).model
@@ -196,11 +202,14 @@ def test_finetune_on_retain_fits_retain_and_drifts_from_the_forgotten_class(task
     assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)
 
 
+@pytest.mark.numerics
 def test_scrub_moves_away_from_the_teacher_on_forget_only(task, acc):
     models, data = task
     # The paper's lr 5e-4 needs more max-steps than 2 passes over 40 images give.
-    result = run(task, acc, "scrub", lr=0.002, epochs=3, max_epochs=2, forget_batch_size=8)
-    assert len(result.losses["max_step"]) == 2 and len(result.losses["min_step"]) == 3
+    # Four min-step epochs: D_r accuracy 0.89-1.0 over seeds 0-4 under SSE4.1 and AVX2 kernels
+    # (three left it at 0.80 for one seed); the forget KL ratio is about 20.
+    result = run(task, acc, "scrub", lr=0.002, epochs=4, max_epochs=2, forget_batch_size=8)
+    assert len(result.losses["max_step"]) == 2 and len(result.losses["min_step"]) == 4
     assert result.cache_seconds > 0
 
     def kl_to_teacher(images: torch.Tensor) -> float:

@@ -27,12 +27,14 @@ def pretrain(run_dir, *extra, check=True, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=check, **kw)
 
 
+@pytest.mark.numerics
 def test_tiny_pretraining_writes_four_models(tmp_path):
     out = pretrain(tmp_path, "--pretrain-preset", "paper", "--pretrain-epochs", "1")
     for name in ("Ad", "Af", "An", "Ar"):
         meta = json.loads((tmp_path / "models" / f"{name}.json").read_text())
         assert meta["arch"] == "resnet18" and meta["num_classes"] == 10 and meta["in_channels"] == 1
         assert meta["config"]["preset"] == "paper" and 0.0 <= meta["test_accuracy"] <= 1.0
+        assert len(meta["train_loss"]) == 1 and 0 < meta["train_loss"][0] < 10  # one epoch's mean CE
         assert (tmp_path / "models" / f"{name}.safetensors").stat().st_size > 1_000_000
     assert "held-out D_t accuracy" in out.stdout
     assert not (tmp_path / "state" / "pretrain-Ad").exists()  # resume state removed once finished
@@ -127,3 +129,25 @@ def test_helper_recipes_train_a_f_and_a_n_on_their_sets(tmp_path, helpers):
     else:
         assert meta["Af"]["images"] == len(splits["forget"]) + len(splits["shared"])
         assert meta["An"]["images"] == len(splits["new"]) + len(splits["shared"])
+
+
+def test_a_pool_member_trains_on_d_r_with_its_own_seed(tmp_path):
+    """--retrains 3 asks for Ar-1 and Ar-2 besides A_r: Ar-<k> trains on D_r with seed + k."""
+    small = [
+        "--train-subset",
+        "96",
+        "--test-subset",
+        "40",
+        "--pretrain-preset",
+        "paper",
+        "--pretrain-epochs",
+        "1",
+    ]
+    cmd = [PY, str(ROOT / "scripts" / "pretrain.py"), "--run-dir", str(tmp_path), *small, "--seed", "4"]
+    subprocess.run([*cmd, "--only", "Ar-2"], capture_output=True, text=True, timeout=600, check=True)
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    meta = json.loads((tmp_path / "models" / "Ar-2.json").read_text())
+    assert meta["seed"] == 6 and meta["split"] == ["retain"] and meta["images"] == len(splits["retain"])
+    assert len(meta["train_loss"]) == 1
+    bad = subprocess.run([*cmd, "--only", "Ar-x"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "unknown model 'Ar-x'" in bad.stderr

@@ -201,6 +201,7 @@ def test_frozen_blocks_are_bitwise_unchanged(acc, monkeypatch, arch, freeze):
     assert not all(torch.equal(before[k], after[k]) for k in head)
 
 
+@pytest.mark.numerics
 def test_cached_teachers_give_the_same_losses_and_updates(acc, monkeypatch):
     runs = []
     for cached in (True, False):

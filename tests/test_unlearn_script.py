@@ -86,6 +86,7 @@ def read_results(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_tiny_end_to_end_run_pretrains_unlearns_and_reports(tmp_path):
     run_dir = tmp_path / "run"
     args = ["--run-dir", str(run_dir), *SMALL, "--pretrain-batch-size", "4", "--freeze", "0", "1,2"]
