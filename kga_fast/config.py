@@ -76,6 +76,7 @@ class RunConfig:
     image_size: int = 32  # folder datasets: images are resized to this once
     forget_list: str | None = None  # folder datasets: forget these files (paths under DIR/train)
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) per channel
+    retrains: int = 1  # the retrain pool: A_r and Ar-1 ... Ar-<K-1> (kga_fast.pool), seeds seed + k
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def split_options(self) -> dict:
@@ -230,6 +231,14 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
     p.add_argument("--pretrain-batch-size", type=int, default=None, help="override the preset's global batch")
     p.add_argument("--pretrain-lr", type=float, default=None, help="override the preset's learning rate")
     p.add_argument(
+        "--retrains",
+        type=int,
+        default=d.retrains,
+        metavar="K",
+        help="train K models on D_r (A_r and Ar-1 ... with pretraining seeds seed+1 ...) and judge "
+        "every method against the pool: its floor (JSD between two retrains) and band (default 1: A_r alone)",
+    )
+    p.add_argument(
         "--pretrain-save-every",
         type=float,
         default=None,
@@ -265,6 +274,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             if value <= 0:
                 raise UserError(f"--pretrain-{name.replace('_', '-')} must be positive, got {value}")
             setattr(pre, name, value)
+    if args.retrains < 1:
+        raise UserError(f"--retrains must be at least 1, got {args.retrains}")
     for name in ("train_subset", "test_subset"):
         value = getattr(args, name)
         if value is not None and value < 2:
@@ -290,5 +301,6 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         image_size=args.image_size,
         forget_list=args.forget_list,
         normalize=args.normalize,
+        retrains=args.retrains,
         pretrain=pre,
     )

@@ -145,7 +145,7 @@ NOTE = (
 )
 
 
-def methods_section(runs: list[dict]) -> str:
+def methods_section(runs: list[dict], results: dict | None = None) -> str:
     """A report.SECTIONS builder: the methods table per dataset and arch, or "" when no record
     has an MIA audit or a method other than KGA (the paper's tables already say it all)."""
     if not any("mia" in r or _method(r) != "kga" for r in runs):
@@ -158,3 +158,90 @@ def methods_section(runs: list[dict]) -> str:
         parts += [f"## Methods and membership inference: {dataset}, {arch}", ""]
         parts += [format_methods_table(members), "", NOTE, ""]
     return "\n".join(parts).rstrip()
+
+
+# The pool table (results.json "retrains", kga_fast.pool): (header, band path, value getter).
+POOL_METRICS: list[tuple[str, tuple[str, ...], Getter]] = [
+    *[
+        (f"Acc {n}", (s, "accuracy"), _accuracy(s))
+        for s, n in (("forget", "D_f"), ("retain", "D_r"), ("test", "D_t"))
+    ],
+    *[
+        (f"F1 {n}", (s, "f1"), lambda r, m, s=s: _get(r, "eval", s, "f1", m))
+        for s, n in (("forget", "D_f"), ("test", "D_t"))
+    ],
+    *[(name, ("mia", name), _attack(name)) for name in ATTACKS],
+]
+POOL_JSD = (("forget", "D_f"), ("test", "D_t"))
+
+
+def verdict(value: float, band: dict) -> str:
+    """Where `value` sits against a band {"min", "mean", "max"}: inside, above or below."""
+    return "above" if value > band["max"] else "below" if value < band["min"] else "inside"
+
+
+def _mean(records: list[dict], get: Getter, model: str) -> float | None:
+    values = [v for v in (get(r, model) for r in records) if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _pool_row(label: str, records: list[dict], model: str, pool: dict) -> str:
+    cells = []
+    for _, path, get in POOL_METRICS:
+        value, band = _mean(records, get, model), pool["band"].get(path[0], {}).get(path[1])
+        cells.append("-" if value is None or band is None else f"{value:.3f} {verdict(value, band)}")
+    pair = "A*,retrains" if model == "A*" else "Ad,retrains"
+    for split, _ in POOL_JSD:
+        value = _mean(records, lambda r, m, s=split: _get(r, "eval", s, "jsd", pair), model)
+        floor = pool["floor"][split]
+        cells.append(
+            "-" if value is None else f"{value:.4f} ({value / floor:.2f}x)" if floor else f"{value:.4f}"
+        )
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def pool_section(runs: list[dict], results: dict | None = None) -> str:
+    """A report.SECTIONS builder: every method beside the band of the retrain pool, with a
+    verdict, and its mean JSD to the pool against the floor; "" without a pool (--retrains 1)."""
+    pool = (results or {}).get("retrains")
+    if not pool:
+        return ""
+    k = pool["size"]
+    header = [h for h, _, _ in POOL_METRICS] + [f"JSD to pool {n} (x floor)" for _, n in POOL_JSD]
+    lines = ["| Method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    band_cells = []
+    for _, path, _ in POOL_METRICS:
+        band = pool["band"].get(path[0], {}).get(path[1])
+        band_cells.append("-" if band is None else f"{band['min']:.3f}-{band['max']:.3f}")
+    band_cells += [f"floor {pool['floor'][s]:.4f}" for s, _ in POOL_JSD]
+    lines.append(f"| retrain band ({k} retrains) | " + " | ".join(band_cells) + " |")
+    lines.append(_pool_row("original (A_d)", runs, "Ad", pool))
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if _method(r) != "retrain":
+            config = json.dumps(r.get("config"), sort_keys=True, default=str)
+            groups.setdefault((_method(r), tuple(r["freeze"]), r["preset"], config), []).append(r)
+    labels = {key: f"{key[0]}^{freeze_label(key[1])} ({key[2]})" for key in groups}
+    for key in sorted(groups, key=lambda k: (_order(k[0]), *k)):
+        twins = [json.loads(o[3]) or {} for o in groups if labels[o] == labels[key]]
+        extra = f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else ""
+        lines.append(_pool_row(labels[key] + extra, groups[key], "A*", pool))
+    floor = ", ".join(f"{pool['floor'][s]:.4f} on {n}" for s, n in POOL_JSD)
+    return "\n".join(
+        [
+            f"## Against the retrain pool: {k} retrains of D_r",
+            "",
+            f"Two retrains of the same D_r (pretraining seeds {', '.join(map(str, pool['seeds']))}) differ by a "
+            f"mean JSD of {floor}: the floor, the mean over all pairs. The band is the range over the "
+            "retrains; each cell is a method's mean over seeds and where it sits against the band (inside, "
+            "above, below). JSD to pool: the mean JSD to each retrain, and its ratio to the floor (a "
+            "retrain outside the pool scores about 1x; A_d's row is the reference). Records made before the pool "
+            "show `-`.",
+            "",
+            *lines,
+        ]
+    )
+
+
+def _order(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)

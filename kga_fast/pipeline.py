@@ -18,6 +18,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from kga_fast import accel
 from kga_fast.audit import audit_models
 from kga_fast.baselines import (
@@ -31,10 +34,12 @@ from kga_fast.baselines import (
 from kga_fast.checkpoint import save_model
 from kga_fast.errors import UserError
 from kga_fast.evaluate import evaluate_unlearning, predict
+from kga_fast.files import atomic_path
 from kga_fast.freeze import freeze_label
 from kga_fast.models import StagedNet
+from kga_fast.pool import check_pool_size, jsd_to_pool, pool_member, pool_names, summarize_pool
 from kga_fast.report import format_table, write_report
-from kga_fast.results import append_result, find_result, load_results
+from kga_fast.results import append_result, find_result, load_results, write_pool
 from kga_fast.run import Run
 from kga_fast.unlearn import UnlearnConfig, config_key, unlearn
 
@@ -96,6 +101,57 @@ def _seconds_or_none(run_dir, name: str) -> float | None:
         return None
 
 
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reference_outputs_cached(
+    run: Run, models: dict[str, StagedNet], splits: dict, labels: dict, accelerator
+) -> tuple[dict, dict]:
+    """({split: {model: logits}}, {model: audit}) of the reference models (A_d, A_r, the pool),
+    kept in <run>/cache/eval-<model>.safetensors with the SHA-256 of the checkpoint they came from
+    and the precision: computed once per run folder, not per method and seed. The audit is
+    computed (and returned) on the main process only."""
+    run_dir = run.cfg.run_dir
+    paths = {m: run_dir / "cache" / f"eval-{m}.safetensors" for m in models}
+    precision = str(accelerator.mixed_precision)  # bf16 logits are not fp32 logits
+    shas = {m: _sha256(run_dir / "models" / f"{m}.safetensors") for m in models}
+    found = {}
+    for m, path in paths.items():
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                same = meta.get("checkpoint_sha256") == shas[m] and meta.get("mixed_precision") == precision
+                if same and set(f.keys()) == set(splits):
+                    found[m] = ({s: f.get_tensor(s) for s in splits}, json.loads(meta["mia"]))
+    accelerator.wait_for_everyone()  # every rank decided what to compute before anything is written
+    logits: dict[str, dict] = {s: {} for s in splits}
+    mia: dict[str, dict] = {}
+    for m, model in models.items():
+        if m in found:
+            by_split, mia[m] = found[m]
+        else:
+            by_split = {
+                s: predict(
+                    model, splits[s][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator
+                )
+                for s in splits
+            }
+            if accelerator.is_main_process:
+                mia[m] = audit_models({m: by_split}, labels)[m]
+                meta = {"checkpoint_sha256": shas[m], "mixed_precision": precision, "mia": json.dumps(mia[m])}
+                with atomic_path(paths[m]) as tmp:
+                    save_file({s: t.contiguous() for s, t in by_split.items()}, str(tmp), metadata=meta)
+        for s in splits:
+            logits[s][m] = by_split[s]
+    accelerator.wait_for_everyone()
+    return logits, mia
+
+
 def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> list[dict]:
     """Run `job` on `run` (module doc); returns the records written (or found) per (freeze, seed)."""
     if job.method == "retrain" and not job.retrain:
@@ -114,18 +170,41 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     )
     if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
         aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
-    reference = ("Ad", "Ar") if job.retrain else ("Ad",)
+    pool = pool_names(run.cfg.retrains) if job.retrain and run.cfg.retrains > 1 else ()
+    if pool:
+        check_pool_size(load_results(run_dir), len(pool), run_dir)
+    reference = ("Ad", "Ar", *pool[1:]) if job.retrain else ("Ad",)
     ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None
+    pool_seconds = [_seconds_or_none(run_dir, m) for m in pool[1:]]
     helpers = {m: _seconds_or_none(run_dir, m) for m in ("Af", "An")}
     known = job.method == "kga" and None not in helpers.values()
     helper_total = sum(helpers.values()) if known else None  # KGA's cost beyond unlearning
-    config = job.config(accelerator)
-    fixed: dict[str, dict] = {}  # logits of A_d (and A_r) per split, and their audit, once
+    # Records judged against a pool are their own (never skipped for a record against A_r alone).
+    config = job.config(accelerator) | ({"retrains": len(pool)} if pool else {})
 
     def logits_of(model, split: str):
         return predict(
             model, splits[split][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator
         )
+
+    fixed: dict = {}  # logits of A_d, A_r and the pool per split, and their audits: once per folder
+
+    def reference_outputs() -> None:
+        if fixed:
+            return
+        logits, mia = reference_outputs_cached(
+            run, {m: models[m] for m in reference}, splits, labels, accelerator
+        )
+        fixed.update(logits, mia=mia)
+        if pool and accelerator.is_main_process:
+            block = summarize_pool(
+                {m: {s: logits[s][m] for s in splits} for m in pool},
+                labels,
+                run.num_classes,
+                {m: mia[m] for m in pool},
+                {m: run.cfg.seed + pool_member(m) for m in pool},
+            )
+            write_pool(run_dir, block)
 
     freezes = [()] if job.method == "retrain" else job.freezes  # A_r as it is: nothing frozen
     records = []
@@ -161,14 +240,19 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
                 accelerator.print(f"{label} seed {seed}: resumed after epoch {result.epochs_resumed}")
             peak = accel.peak_memory(accelerator)
             t0 = time.perf_counter()
+            reference_outputs()
             evaluation, star = {}, {}
             for split in splits:
-                if split not in fixed:
-                    fixed[split] = {m: logits_of(models[m], split) for m in reference}
                 star[split] = logits_of(result.model, split)
                 evaluation[split] = evaluate_unlearning(
-                    fixed[split] | {"A*": star[split]}, labels[split], run.num_classes
+                    {m: fixed[split][m] for m in ("Ad", "Ar") if m in reference} | {"A*": star[split]},
+                    labels[split],
+                    run.num_classes,
                 )
+                if pool:
+                    members = [fixed[split][m] for m in pool]
+                    evaluation[split]["jsd"]["A*,retrains"] = jsd_to_pool(star[split], members)
+                    evaluation[split]["jsd"]["Ad,retrains"] = jsd_to_pool(fixed[split]["Ad"], members)
             checkpoint = "models/Ar.safetensors" if job.method == "retrain" else f"models/{name}.safetensors"
             record = key | {
                 "unlearn_seconds": result.seconds,
@@ -184,18 +268,17 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
             }
             if accelerator.is_main_process:
                 # Membership inference on the gathered logits, once (not per rank); A_d and A_r
-                # are audited once per invocation with a fixed seed, so their values are shared.
-                if "mia" not in fixed:
-                    fixed["mia"] = audit_models(
-                        {m: {s: fixed[s][m] for s in splits} for m in reference}, labels
-                    )
-                record["mia"] = fixed["mia"] | audit_models({"A*": star}, labels)
+                # are audited once per folder with a fixed seed, so their values are shared.
+                shared = {m: fixed["mia"][m] for m in ("Ad", "Ar") if m in reference}
+                record["mia"] = shared | audit_models({"A*": star}, labels)
             record["phases"] = {
                 "helper_models": helper_total,
                 "caching": result.cache_seconds,
                 "unlearning": result.seconds - result.cache_seconds,
                 "evaluation": time.perf_counter() - t0,
             }
+            if pool:  # the extra retrains' training (A_r's is retrain_seconds)
+                record["phases"]["retrain_pool"] = sum(pool_seconds) if None not in pool_seconds else None
             record["peak_memory"] = peak
             if accelerator.is_main_process:
                 if job.method != "retrain":

@@ -24,6 +24,7 @@ from kga_fast.config import PretrainConfig
 from kga_fast.errors import UserError
 from kga_fast.evaluate import classification_metrics, predict
 from kga_fast.models import StagedNet, build_model
+from kga_fast.pool import pool_member, pool_names
 from kga_fast.run import TRAINED_ON, Run
 from kga_fast.user_model import load_user_model
 
@@ -46,11 +47,24 @@ def learning_rate(cfg: PretrainConfig, step: int, total: int) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
+def needed_models(cfg, *, retrain: bool = True) -> tuple[str, ...]:
+    """What a run of `cfg` needs: A_d, A_f, A_n, and with retraining A_r and its pool (--retrains)."""
+    return MODEL_NAMES + pool_names(cfg.retrains)[1:] if retrain else ("Ad", "Af", "An")
+
+
+def is_model_name(name: str) -> bool:
+    return name in MODEL_NAMES or pool_member(name) is not None
+
+
 def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
-    """Train model `name` on its split (resuming from saved state) and save it to the run folder."""
+    """Train model `name` on its split (resuming from saved state) and save it to the run folder.
+    A retrain pool's "Ar-<k>" (kga_fast.pool) trains as A_r does, with seed + k."""
     cfg, pre = run.cfg, run.cfg.pretrain
-    images, labels = run.subset(*TRAINED_ON[name])
-    set_seed(cfg.seed)  # the same initial weights for all four models
+    member = pool_member(name)
+    trained_on = TRAINED_ON["Ar" if member is not None else name]
+    seed = cfg.seed + (member or 0)
+    images, labels = run.subset(*trained_on)
+    set_seed(seed)  # the same initial weights for the four models (a pool member: its own)
     model = build_model(cfg.arch, run.num_classes, run.in_channels)
     sync_bn = accel.is_distributed(accelerator) and accelerator.device.type == "cuda"
     if sync_bn:  # batch statistics over the global batch (SyncBatchNorm is GPU-only)
@@ -65,7 +79,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
         mean=run.train.mean,
         std=run.train.std,
         shuffle=True,
-        seed=cfg.seed,
+        seed=seed,
         drop_last=True,
     )
     epochs = max(pre.epochs, math.ceil(pre.min_steps / len(loader)))
@@ -133,7 +147,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     metrics = classification_metrics(logits, test_labels, run.num_classes)
     recipe = HELPER_DESCRIPTION.get(run.splits.options.get("helpers"), {})
     accelerator.print(
-        f"[{name}] done: {recipe.get(name, DESCRIPTION[name])}, {len(images)} images, {epochs} epochs, "
+        f"[{name}] done: {recipe.get(name, DESCRIPTION.get(name, f'A_r on D_r, seed {seed}'))}, {len(images)} images, {epochs} epochs, "
         f"{progress['seconds']:.0f} s; held-out D_t accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1']:.4f}"
     )
     if accelerator.is_main_process:
@@ -143,13 +157,13 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
             net,
             {
                 "dataset": cfg.dataset,
-                "split": list(TRAINED_ON[name]),
+                "split": list(trained_on),
                 "images": len(images),
                 "helpers": run.splits.options.get("helpers", "disjoint"),
                 "normalize": {"mean": list(run.train.mean), "std": list(run.train.std)},
                 "epochs": epochs,
                 "config": dataclasses.asdict(pre),
-                "seed": cfg.seed,
+                "seed": seed,
                 "train_seconds": progress["seconds"],
                 "train_loss": progress["train_loss"],  # mean per epoch: what a tiny run can check
                 "test_accuracy": metrics["accuracy"],
@@ -186,7 +200,8 @@ def ensure_pretrained(
     allow_train: bool = True,
     names: tuple[str, ...] = MODEL_NAMES,
 ) -> dict[str, StagedNet]:
-    """The models `names` (default all four: "Ad", "Af", "An", "Ar"): loaded when saved, trained when missing.
+    """The models `names` (default all four: "Ad", "Af", "An", "Ar"; a retrain pool adds "Ar-1"
+    ...): loaded when saved, trained when missing.
 
     Returned on the accelerator's device, in eval mode, with requires_grad off (frozen teachers).
     """
@@ -195,8 +210,8 @@ def ensure_pretrained(
         import_ad(run, accelerator)
     models = {}
     for name in names:
-        if name not in MODEL_NAMES:
-            raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        if not is_model_name(name):
+            raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} or Ar-<k>")
         if not has_model(cfg.run_dir, name):
             if not allow_train:
                 raise UserError(

@@ -1,7 +1,7 @@
 """The paper's report of a run folder, built from its results.json (kga_fast.results).
 
-report.md is assembled by the builders in SECTIONS (add one to add a section); report.png
-shows the same numbers.
+report.md is assembled by the builders in SECTIONS (add one to add a section: it reads the
+records, `runs`, and the whole results.json, `results`); report.png shows the same numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from kga_fast.errors import UserError
 from kga_fast.files import atomic_path, write_bytes_atomic
 from kga_fast.freeze import freeze_label
-from kga_fast.methods_report import methods_section
+from kga_fast.methods_report import methods_section, pool_section
 from kga_fast.results import RESULTS_FILE, load_results
 
 SPLITS = {"test": "test (D_t)", "forget": "forget (D_f)"}
@@ -159,7 +159,7 @@ def format_time_table(results: dict | list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _title(runs: list[dict]) -> str:
+def _title(runs: list[dict], results: dict | None = None) -> str:
     def values(key: str) -> str:
         return ", ".join(str(v) for v in sorted({r[key] for r in runs}, key=str))
 
@@ -191,7 +191,7 @@ def _by(runs: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _tables(runs: list[dict]) -> str:
+def _tables(runs: list[dict], results: dict | None = None) -> str:
     parts = []
     for (dataset,), members in sorted(_by(runs, ("dataset",)).items()):
         for split, name in SPLITS.items():
@@ -200,7 +200,7 @@ def _tables(runs: list[dict]) -> str:
     return "\n".join(parts).rstrip()
 
 
-def _times(runs: list[dict]) -> str:
+def _times(runs: list[dict], results: dict | None = None) -> str:
     return (
         "## Unlearning time (Table 6)\n\n"
         + format_time_table(runs)
@@ -208,7 +208,7 @@ def _times(runs: list[dict]) -> str:
     )
 
 
-def _how_to_read(runs: list[dict]) -> str:
+def _how_to_read(runs: list[dict], results: dict | None = None) -> str:
     return (
         "## How to read these tables\n\n"
         "A_d is the original model (trained on D_f and D_r), A* the unlearned one, A_r the model retrained "
@@ -223,7 +223,7 @@ def _how_to_read(runs: list[dict]) -> str:
     )
 
 
-def _without_retraining(runs: list[dict]) -> str:
+def _without_retraining(runs: list[dict], results: dict | None = None) -> str:
     """A plain word where A_r was not trained (--no-retrain, a deletion request)."""
     if all(r.get("retrain", True) for r in runs):
         return ""
@@ -237,12 +237,13 @@ def _without_retraining(runs: list[dict]) -> str:
     )
 
 
-SECTIONS: list[Callable[[list[dict]], str]] = [
+SECTIONS: list[Callable[..., str]] = [  # each: (runs, results) -> markdown, "" for nothing
     _title,
     _without_retraining,
     _tables,
     _times,
     methods_section,
+    pool_section,
     _how_to_read,
 ]
 
@@ -282,13 +283,14 @@ def _figure(rows: list[dict], path: Path) -> None:
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """report.md and report.png of `run_dir` from its results.json (both replaced atomically)."""
     run_dir = Path(run_dir)
-    runs = load_results(run_dir)["runs"]
+    results = load_results(run_dir)
+    runs = results["runs"]
     if not runs:
         raise UserError(
             f"no results in {run_dir / RESULTS_FILE}: run scripts/unlearn.py on this run folder first"
         )
     md, png = run_dir / "report.md", run_dir / "report.png"
-    text = "\n\n".join(t for t in (section(runs) for section in SECTIONS) if t) + "\n"
+    text = "\n\n".join(t for t in (section(runs, results) for section in SECTIONS) if t) + "\n"
     _figure(summarize(runs), png)
     write_bytes_atomic(md, text.encode())
     return md, png

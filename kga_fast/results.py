@@ -65,3 +65,10 @@ def append_result(run_dir: str | Path, record: dict) -> None:
     key = result_key(record)
     results["runs"] = [r for r in results["runs"] if result_key(r) != key] + [record]
     write_bytes_atomic(Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())
+
+
+def write_pool(run_dir: str | Path, block: dict) -> None:
+    """Set results.json's top-level "retrains" (kga_fast.pool), keeping every record; atomic."""
+    results = load_results(run_dir)
+    results["retrains"] = block
+    write_bytes_atomic(Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())

@@ -26,7 +26,7 @@ from kga_fast.config import add_run_args, run_config_from_args, seed_list, use_q
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.pipeline import report
-from kga_fast.pretrain import ensure_pretrained
+from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
 
 
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     accelerator = accel.make_accelerator(cfg.mixed_precision)
     run = open_run(cfg, accelerator)
     accelerator.print(run.describe(accelerator))
-    models = ensure_pretrained(run, accelerator)
+    models = ensure_pretrained(run, accelerator, names=needed_models(cfg))
     if args.tune:
         tune(run, models, accelerator, freeze=freeze, methods=methods, budget=args.budget)
     else:

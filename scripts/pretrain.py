@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from kga_fast import accel  # noqa: E402
 from kga_fast.config import add_run_args, run_config_from_args  # noqa: E402
 from kga_fast.errors import cli_main  # noqa: E402
-from kga_fast.pretrain import MODEL_NAMES, ensure_pretrained  # noqa: E402
+from kga_fast.pretrain import ensure_pretrained, needed_models  # noqa: E402
 from kga_fast.run import open_run  # noqa: E402
 
 
@@ -28,8 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_run_args(parser)
     parser.add_argument(
         "--only",
-        default=",".join(MODEL_NAMES),
-        help="comma-separated models to train (default: all of Ad,Af,An,Ar)",
+        default=None,
+        help="comma-separated models to train (default: Ad,Af,An,Ar and the pool's Ar-1 ... of --retrains)",
     )
     return parser.parse_args(argv)
 
@@ -38,7 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = run_config_from_args(args)
-    names = tuple(n.strip() for n in args.only.split(",") if n.strip())
+    names = (
+        needed_models(cfg)
+        if args.only is None
+        else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    )
     accelerator = accel.make_accelerator(cfg.mixed_precision)
     run = open_run(cfg, accelerator)
     accelerator.print(run.describe(accelerator))

@@ -30,7 +30,7 @@ from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
 from kga_fast.pipeline import Job, report, run_job
-from kga_fast.pretrain import MODEL_NAMES, ensure_pretrained
+from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
 from kga_fast.unlearn import OPTIMIZERS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
 
@@ -148,6 +148,8 @@ def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     silently not getting it is worse than an error."""
     if args.no_retrain and args.method == "retrain":
         raise UserError("--method retrain is A_r itself: it cannot run with --no-retrain")
+    if args.no_retrain and args.retrains != parser.get_default("retrains"):
+        raise UserError("--retrains trains a pool of A_r: it cannot run with --no-retrain")
     unused = () if args.method == "kga" else KGA_ONLY + (TRAINING if args.method == "retrain" else ())
     given = [d for d in unused if getattr(args, d) != parser.get_default(d)]
     if given:
@@ -195,7 +197,7 @@ def main(argv=None) -> None:
     accelerator = accel.make_accelerator(run_cfg.mixed_precision)
     run = open_run(run_cfg, accelerator)
     accelerator.print(f"{run.describe(accelerator)}; method {job.method}, preset {job.preset}")
-    names = MODEL_NAMES if job.retrain else ("Ad", "Af", "An")
+    names = needed_models(run_cfg, retrain=job.retrain)
     models = ensure_pretrained(run, accelerator, allow_train=not args.no_pretrain, names=names)
     run_job(run, models, job, accelerator)
     report(run, accelerator)
