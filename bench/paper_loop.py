@@ -1,7 +1,7 @@
 """The paper code's KGA unlearning loop, re-implemented faithfully as the baseline to beat.
 
-Bench-only (not shipped in kga_fast). It does what the CNN follow-up's code does
-(/work/shared/spec/FINDINGS.md), step for step:
+Bench-only (not shipped in kga_fast). It does what the CNN follow-up's code does (as the
+specification's FINDINGS.md, on what the paper's code really does, reads it), step for step:
 
 - a torch.utils.data.DataLoader over a per-image Dataset of float tensors, normalized one
   image at a time as torchvision's ToTensor + Normalize would, shuffle=True, num_workers=0
