@@ -21,6 +21,7 @@ from kga_fast.freeze import freeze_label
 # tests), kept here so that building a report imports neither torch training code nor sklearn.
 METHOD_ORDER = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "salun", "scrub")
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
+MIN_MODELS = 16  # kga_fast.forgetting.MIN_MODELS (checked by the tests): F is shown from N = 16
 
 # A column's value for one record and model: "A*" in a method row, "Ad" / "Ar" in a reference row.
 Getter = Callable[[dict, str], float | None]
@@ -197,6 +198,9 @@ def _pool_row(label: str, records: list[dict], model: str, pool: dict) -> str:
         cells.append(
             "-" if value is None else f"{value:.4f} ({value / floor:.2f}x)" if floor else f"{value:.4f}"
         )
+    quality = records[0].get("forgetting_quality") if model == "A*" and records else None
+    shown = quality and quality["N"] >= MIN_MODELS
+    cells.append(f"{quality['F']:.3f} ({quality['ceiling']:.3f}), N {quality['N']}" if shown else "-")
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
@@ -208,12 +212,13 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
         return ""
     k = pool["size"]
     header = [h for h, _, _ in POOL_METRICS] + [f"JSD to pool {n} (x floor)" for _, n in POOL_JSD]
+    header.append("F (ceiling)")
     lines = ["| Method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     band_cells = []
     for _, path, _ in POOL_METRICS:
         band = pool["band"].get(path[0], {}).get(path[1])
         band_cells.append("-" if band is None else f"{band['min']:.3f}-{band['max']:.3f}")
-    band_cells += [f"floor {pool['floor'][s]:.4f}" for s, _ in POOL_JSD]
+    band_cells += [f"floor {pool['floor'][s]:.4f}" for s, _ in POOL_JSD] + ["-"]
     lines.append(f"| retrain band ({k} retrains) | " + " | ".join(band_cells) + " |")
     lines.append(_pool_row("original (A_d)", runs, "Ad", pool))
     groups: dict[tuple, list[dict]] = {}
@@ -227,6 +232,8 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
         extra = f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else ""
         lines.append(_pool_row(labels[key] + extra, groups[key], "A*", pool))
     floor = ", ".join(f"{pool['floor'][s]:.4f} on {n}" for s, n in POOL_JSD)
+    computed = {r["forgetting_quality"]["N"] for r in runs if r.get("forgetting_quality")}
+    hidden = sorted(n for n in computed if n < MIN_MODELS)
     return "\n".join(
         [
             f"## Against the retrain pool: {k} retrains of D_r",
@@ -239,6 +246,12 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
             "show `-`.",
             "",
             *lines,
+            "",
+            "F: the NeurIPS 2023 unlearning challenge's forgetting quality (kga_fast.forgetting) of a row's N "
+            "unlearning seeds against N retrains, and in brackets its ceiling, N other retrains against the "
+            "same N (1: indistinguishable from retraining at this N). It needs at least 2N retrains and is "
+            f"shown for N >= {MIN_MODELS}: below that its scale moves too much with N."
+            + (f" Computed but not shown: N = {', '.join(map(str, hidden))}." if hidden else ""),
         ]
     )
 

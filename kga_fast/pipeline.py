@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -31,13 +33,21 @@ from kga_fast.baselines import (
     train_seconds,
     unlearn_baseline,
 )
-from kga_fast.checkpoint import save_model
+from kga_fast.checkpoint import load_model, save_model
 from kga_fast.errors import UserError
 from kga_fast.evaluate import evaluate_unlearning, predict
 from kga_fast.files import atomic_path
 from kga_fast.freeze import freeze_label
 from kga_fast.models import StagedNet
-from kga_fast.pool import check_pool_size, jsd_to_pool, pool_member, pool_names, summarize_pool
+from kga_fast.pool import (
+    POOL_KEY,
+    check_pool_size,
+    forgetting_against_pool,
+    jsd_to_pool,
+    pool_member,
+    pool_names,
+    summarize_pool,
+)
 from kga_fast.report import format_table, write_report
 from kga_fast.results import append_result, find_result, load_results, write_pool
 from kga_fast.run import Run
@@ -209,6 +219,7 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     freezes = [()] if job.method == "retrain" else job.freezes  # A_r as it is: nothing frozen
     records = []
     for freeze in freezes:
+        forget_logits = {}  # seed -> A*'s logits on D_f, for the forgetting quality
         for seed in job.seeds:
             label = f"{arch}^{freeze_label(freeze)}"
             key = {
@@ -288,7 +299,44 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
             accel.clear_state(accelerator, state_dir)  # barriers inside: all ranks see the record
             accelerator.print(summary_line(label, seed, record))
             records.append(record)
+            forget_logits[seed] = star["forget"]
+        if pool and job.method != "retrain" and 2 <= len(job.seeds) <= len(pool) // 2:
+            reference_outputs()
+            group = records[-len(job.seeds) :]
+            _add_forgetting_quality(run, group, forget_logits, fixed, pool, splits, accelerator)
     return records
+
+
+def _add_forgetting_quality(run, group, forget_logits, fixed, pool, splits, accelerator) -> None:
+    """Record the challenge's F of a (method, freeze) group's seeds against the pool, where the
+    pool holds twice as many retrains as seeds (kga_fast.pool.forgetting_against_pool)."""
+    seeds = sorted(r["seed"] for r in group)
+    if all(r.get("forgetting_quality", {}).get("seeds") == seeds for r in group):
+        return
+    for r in group:  # seeds finished earlier: their A* from the checkpoint
+        if r["seed"] not in forget_logits:
+            model, _ = load_model(run.cfg.run_dir, Path(r["checkpoint"]).stem, device=accelerator.device)
+            forget_logits[r["seed"]] = predict(
+                model, splits["forget"][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator
+            )
+    if accelerator.is_main_process:
+        band = load_results(run.cfg.run_dir)[POOL_KEY]["band"]
+
+        def mean_accuracy(split: str) -> tuple[float, float]:
+            unlearned = statistics.fmean(r["eval"][split]["accuracy"]["A*"] for r in group)
+            return unlearned, band[split]["accuracy"]["mean"]
+
+        quality = forgetting_against_pool(
+            [forget_logits[r["seed"]] for r in group],
+            [fixed["forget"][m] for m in pool],
+            splits["forget"][1],
+            retain_acc=mean_accuracy("retain"),
+            test_acc=mean_accuracy("test"),
+        )
+        for r in group:
+            r["forgetting_quality"] = quality | {"seeds": seeds}
+            append_result(run.cfg.run_dir, r)
+    accelerator.wait_for_everyone()
 
 
 def report(run: Run, accelerator) -> None:

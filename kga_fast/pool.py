@@ -8,7 +8,9 @@ A_r (the run's seed) is the pool's first member; "Ar-<k>" trains as A_r does wit
 seed + k. The block holds the pool's checkpoints and seeds, the floor (the mean JSD between two
 retrains, over all pairs, per split) and the band (min / mean / max over the pool of accuracy and
 F1 per split and of each membership attack). A method lands where retraining lands when its
-metrics sit inside the band and its mean JSD to the pool is near the floor.
+metrics sit inside the band and its mean JSD to the pool is near the floor. With N unlearning
+seeds and at least 2N retrains, each record also gets the challenge's forgetting quality F
+(kga_fast.forgetting) against N retrains, beside its ceiling: N other retrains against them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from __future__ import annotations
 import itertools
 import statistics
 
+import numpy as np
 import torch
 
 from kga_fast.errors import UserError
 from kga_fast.evaluate import classification_metrics, mean_jsd
+from kga_fast.forgetting import challenge_score, forgetting_quality, logit_scaled_confidence
 
 POOL_KEY = "retrains"  # results.json's top-level block
 
@@ -80,6 +84,35 @@ def summarize_pool(
         "seeds": [seeds[m] for m in names],
         "floor": floor,
         "band": band,
+    }
+
+
+def forgetting_against_pool(
+    unlearned: list[torch.Tensor],
+    pool: list[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    retain_acc: tuple[float, float],
+    test_acc: tuple[float, float],
+) -> dict | None:
+    """The challenge's forgetting quality of N unlearned models (their D_f logits, one per
+    unlearning seed) against N retrains, and its ceiling at the same N: the pool's first N
+    retrains against the same N others (needs 2N retrains; None with fewer, or N < 2).
+    retain_acc / test_acc: (unlearned, retrained) mean accuracies for the final score."""
+    n = len(unlearned)
+    if n < 2 or len(pool) < 2 * n:
+        return None
+
+    def confidences(logits: list[torch.Tensor]) -> np.ndarray:  # (models, M)
+        return np.stack([logit_scaled_confidence(x, labels) for x in logits])
+
+    first, second = confidences(pool[:n]), confidences(pool[n : 2 * n])
+    f = forgetting_quality(confidences(unlearned), second)
+    return {
+        "N": n,
+        "F": f,
+        "ceiling": forgetting_quality(first, second),
+        "score": challenge_score(f, retain_acc=retain_acc, test_acc=test_acc),
     }
 
 

@@ -113,11 +113,11 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def pooled_run(tmp_path) -> Path:
-    """A run folder with its split, A_d, A_f, A_n and a pool of three (random init: the test is
+    """A run folder with its split, A_d, A_f, A_n and a pool of four (random init: the test is
     about the bookkeeping, not about learning)."""
     run_dir = tmp_path / "run"
     run = open_run(RunConfig(run_dir=run_dir, train_subset=64, test_subset=40))
-    for i, name in enumerate(("Ad", "Af", "An", "Ar", "Ar-1", "Ar-2")):
+    for i, name in enumerate(("Ad", "Af", "An", "Ar", "Ar-1", "Ar-2", "Ar-3")):
         torch.manual_seed(i)
         save_model(run_dir, name, build_model("resnet18", run.num_classes, run.in_channels), {"note": "test"})
     return run_dir
@@ -127,40 +127,46 @@ def pooled_run(tmp_path) -> Path:
 @pytest.mark.slow
 def test_a_run_against_a_pool_records_floor_band_and_jsd_to_the_pool(pooled_run):
     base = ["--run-dir", str(pooled_run), *SMALL[:6], "--freeze", "1,2,3", "--no-pretrain", "--epochs", "1"]
-    proc = run_script(*base, "--retrains", "3")
+    proc = run_script(*base, "--retrains", "4", "--seeds", "0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((pooled_run / "results.json").read_text())
     pool = results["retrains"]
-    assert pool["size"] == 3 and pool["seeds"] == [0, 1, 2]
+    assert pool["size"] == 4 and pool["seeds"] == [0, 1, 2, 3]
     assert set(pool["floor"]) == {"forget", "retain", "test"} and all(v > 0 for v in pool["floor"].values())
     assert set(pool["band"]["mia"]) == {
         "loss_lr_cv_acc",
         "mia_efficacy_confidence",
         "entropy_lr_forget_member_rate",
     }
-    (record,) = results["runs"]
-    assert record["config"]["retrains"] == 3
+    record, second = results["runs"]
+    assert record["config"]["retrains"] == 4
     assert record["phases"]["retrain_pool"] is None  # these models record no training time
     jsd = record["eval"]["forget"]["jsd"]
     assert 0 < jsd["A*,retrains"] <= 0.7 and 0 < jsd["Ad,retrains"] <= 0.7
     report = (pooled_run / "report.md").read_text()
-    assert "## Against the retrain pool: 3 retrains of D_r" in report and "| kga^(1,2,3) (default)" in report
+    assert "## Against the retrain pool: 4 retrains of D_r" in report and "| kga^(1,2,3) (default)" in report
+    # Two seeds against two of the four retrains, the ceiling the other two against them.
+    quality = record["forgetting_quality"]
+    assert quality == second["forgetting_quality"] and quality["N"] == 2 and quality["seeds"] == [0, 1]
+    assert quality["F"] == 0 and quality["ceiling"] == 0  # at N = 2 no bucket scores (ceil(ln 1) = 0)
+    assert "Computed but not shown: N = 2." in report
 
     # The reference outputs are cached per folder: a second method reads them, computes none.
     cache = sorted((pooled_run / "cache").glob("eval-*.safetensors"))
-    assert {p.name for p in cache} == {f"eval-{m}.safetensors" for m in ("Ad", "Ar", "Ar-1", "Ar-2")}
+    assert {p.name for p in cache} == {f"eval-{m}.safetensors" for m in ("Ad", "Ar", "Ar-1", "Ar-2", "Ar-3")}
     stamps = [p.stat().st_mtime_ns for p in cache]
-    again = run_script(*base, "--retrains", "3", "--method", "finetune")
+    again = run_script(*base, "--retrains", "4", "--method", "finetune")
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in cache] == stamps
     after = json.loads((pooled_run / "results.json").read_text())
-    assert after["retrains"] == pool and len(after["runs"]) == 2
-    assert after["runs"][1]["mia"]["Ad"] == record["mia"]["Ad"]  # A_d audited once per folder
+    assert after["retrains"] == pool and len(after["runs"]) == 3
+    assert after["runs"][2]["mia"]["Ad"] == record["mia"]["Ad"]  # A_d audited once per folder
+    assert "forgetting_quality" not in after["runs"][2]  # one seed: no F
 
     # One folder, one pool: another size is refused and changes nothing.
     before = (pooled_run / "results.json").read_bytes()
     other = run_script(*base, "--retrains", "2")
-    assert other.returncode == 2 and "judged against 3 retrains" in other.stderr
+    assert other.returncode == 2 and "judged against 4 retrains" in other.stderr
     assert (pooled_run / "results.json").read_bytes() == before
 
 
@@ -192,3 +198,19 @@ def test_the_tuning_score_measures_the_distance_to_the_pool():
     pool = {"band": {s: {"accuracy": {"mean": m}} for s, m in (("forget", 0.88), ("test", 0.79))}}
     assert score(pooled, pool) == pytest.approx(0.02 + 0.0 + 10 * 0.04)
     assert score(alone, pool) == pytest.approx(score(alone))  # a record made before the pool
+
+
+def test_an_unlearning_that_returns_retrains_scores_the_ceiling():
+    from kga_fast.forgetting import MIN_MODELS
+    from kga_fast.methods_report import MIN_MODELS as SHOWN_FROM
+    from kga_fast.pool import forgetting_against_pool
+
+    assert SHOWN_FROM == MIN_MODELS
+    labels = torch.arange(30) % 4
+    pool = [fake_logits(i) for i in range(8)]
+    accs = dict(retain_acc=(0.9, 1.0), test_acc=(0.5, 0.5))
+    assert forgetting_against_pool(pool[:5], pool, labels, **accs) is None  # needs 2N retrains
+    got = forgetting_against_pool([x.clone() for x in pool[:4]], pool, labels, **accs)
+    assert got["N"] == 4 and got["F"] == got["ceiling"] and got["score"] == pytest.approx(0.9 * got["F"])
+    shifted = forgetting_against_pool([x + 3 * torch.eye(4)[labels] for x in pool[:4]], pool, labels, **accs)
+    assert shifted["F"] < got["F"]  # more confident on the true class than any retrain: told apart
