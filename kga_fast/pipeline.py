@@ -41,7 +41,6 @@ from kga_fast.freeze import freeze_label
 from kga_fast.models import StagedNet
 from kga_fast.pool import (
     POOL_KEY,
-    check_pool_size,
     forgetting_against_pool,
     jsd_to_pool,
     pool_member,
@@ -181,8 +180,6 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
         aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
     pool = pool_names(run.cfg.retrains) if job.retrain and run.cfg.retrains > 1 else ()
-    if pool:
-        check_pool_size(load_results(run_dir), len(pool), run_dir)
     reference = ("Ad", "Ar", *pool[1:]) if job.retrain else ("Ad",)
     ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None
     pool_seconds = [_seconds_or_none(run_dir, m) for m in pool[1:]]

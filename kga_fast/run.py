@@ -16,6 +16,8 @@ import torch
 from kga_fast.config import RunConfig
 from kga_fast.data import ImageSet, load_images
 from kga_fast.errors import UserError
+from kga_fast.pool import check_pool_size
+from kga_fast.results import load_results
 from kga_fast.splits import Splits, load_or_create_splits
 from kga_fast.user_model import load_user_model
 
@@ -110,6 +112,8 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
     )
     if cfg.model is not None:  # the user's A_d must fit the data: checked before anything is written
         check_model_fits(cfg.model, cfg.arch, train)
+    # One folder, one retrain pool: refused before any retrain is trained.
+    check_pool_size(load_results(cfg.run_dir), cfg.retrains, cfg.run_dir)
     if cfg.normalize is not None:  # the model's own preprocessing instead of the dataset's
         mean, std = (tuple(v) * (train.in_channels if len(v) == 1 else 1) for v in cfg.normalize)
         if len(mean) != train.in_channels:
