@@ -37,7 +37,7 @@ EPSILON_CAP = 50.0  # epsilon of an example whose two samples cannot be told apa
 THRESHOLDS_PER_UNIT = 100  # the grid: 0.01 in logit-scaled confidence
 BUFFER = 2.0  # the two-threshold rule's search window around the narrower sample
 BUCKET = 0.5  # width of an epsilon bucket
-MIN_MODELS = 16  # below this the report does not print F (its scale moves too much with N)
+MIN_MODELS = 16  # runs compute F from this many seeds on (below, its scale moves too much with N)
 
 
 def logit_scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -21,7 +21,7 @@ from kga_fast.freeze import freeze_label
 # tests), kept here so that building a report imports neither torch training code nor sklearn.
 METHOD_ORDER = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "salun", "scrub")
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
-MIN_MODELS = 16  # kga_fast.forgetting.MIN_MODELS (checked by the tests): F is shown from N = 16
+MIN_MODELS = 16  # kga_fast.forgetting.MIN_MODELS (checked by the tests): F is computed from N = 16
 
 # A column's value for one record and model: "A*" in a method row, "Ad" / "Ar" in a reference row.
 Getter = Callable[[dict, str], float | None]
@@ -199,8 +199,7 @@ def _pool_row(label: str, records: list[dict], model: str, pool: dict) -> str:
             "-" if value is None else f"{value:.4f} ({value / floor:.2f}x)" if floor else f"{value:.4f}"
         )
     quality = records[0].get("forgetting_quality") if model == "A*" and records else None
-    shown = quality and quality["N"] >= MIN_MODELS
-    cells.append(f"{quality['F']:.3f} ({quality['ceiling']:.3f}), N {quality['N']}" if shown else "-")
+    cells.append(f"{quality['F']:.3f} ({quality['ceiling']:.3f}), N {quality['N']}" if quality else "-")
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
@@ -232,8 +231,6 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
         extra = f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else ""
         lines.append(_pool_row(labels[key] + extra, groups[key], "A*", pool))
     floor = ", ".join(f"{pool['floor'][s]:.4f} on {n}" for s, n in POOL_JSD)
-    computed = {r["forgetting_quality"]["N"] for r in runs if r.get("forgetting_quality")}
-    hidden = sorted(n for n in computed if n < MIN_MODELS)
     return "\n".join(
         [
             f"## Against the retrain pool: {k} retrains of D_r",
@@ -249,9 +246,9 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
             "",
             "F: the NeurIPS 2023 unlearning challenge's forgetting quality (kga_fast.forgetting) of a row's N "
             "unlearning seeds against N retrains, and in brackets its ceiling, N other retrains against the "
-            "same N (1: indistinguishable from retraining at this N). It needs at least 2N retrains and is "
-            f"shown for N >= {MIN_MODELS}: below that its scale moves too much with N."
-            + (f" Computed but not shown: N = {', '.join(map(str, hidden))}." if hidden else ""),
+            f"same N (1: indistinguishable from retraining at this N). It is computed from N = {MIN_MODELS} "
+            "seeds (`--seeds`) with at least 2N retrains (`--retrains`), and shows `-` otherwise: with fewer "
+            "models its scale moves too much with N.",
         ]
     )
 

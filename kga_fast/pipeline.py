@@ -37,6 +37,7 @@ from kga_fast.checkpoint import load_model, save_model
 from kga_fast.errors import UserError
 from kga_fast.evaluate import evaluate_unlearning, predict
 from kga_fast.files import atomic_path
+from kga_fast.forgetting import MIN_MODELS
 from kga_fast.freeze import freeze_label
 from kga_fast.models import StagedNet
 from kga_fast.pool import (
@@ -297,7 +298,9 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
             accelerator.print(summary_line(label, seed, record))
             records.append(record)
             forget_logits[seed] = star["forget"]
-        if pool and job.method != "retrain" and 2 <= len(job.seeds) <= len(pool) // 2:
+        # F for N seeds against N retrains, beside N other retrains against them; from N =
+        # MIN_MODELS only (below, its scale moves with N and nothing shows it).
+        if pool and job.method != "retrain" and MIN_MODELS <= len(job.seeds) <= len(pool) // 2:
             reference_outputs()
             group = records[-len(job.seeds) :]
             _add_forgetting_quality(run, group, forget_logits, fixed, pool, splits, accelerator)

@@ -8,8 +8,8 @@ A_r (the run's seed) is the pool's first member; "Ar-<k>" trains as A_r does wit
 seed + k. The block holds the pool's checkpoints and seeds, the floor (the mean JSD between two
 retrains, over all pairs, per split) and the band (min / mean / max over the pool of accuracy and
 F1 per split and of each membership attack). A method lands where retraining lands when its
-metrics sit inside the band and its mean JSD to the pool is near the floor. With N unlearning
-seeds and at least 2N retrains, each record also gets the challenge's forgetting quality F
+metrics sit inside the band and its mean JSD to the pool is near the floor. With N >= 16
+unlearning seeds and at least 2N retrains, each record also gets the challenge's forgetting quality F
 (kga_fast.forgetting) against N retrains, beside its ceiling: N other retrains against them.
 """
 

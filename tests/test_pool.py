@@ -138,18 +138,15 @@ def test_a_run_against_a_pool_records_floor_band_and_jsd_to_the_pool(pooled_run)
         "mia_efficacy_confidence",
         "entropy_lr_forget_member_rate",
     }
-    record, second = results["runs"]
+    record, _ = results["runs"]
     assert record["config"]["retrains"] == 4
     assert record["phases"]["retrain_pool"] is None  # these models record no training time
     jsd = record["eval"]["forget"]["jsd"]
     assert 0 < jsd["A*,retrains"] <= 0.7 and 0 < jsd["Ad,retrains"] <= 0.7
     report = (pooled_run / "report.md").read_text()
     assert "## Against the retrain pool: 4 retrains of D_r" in report and "| kga^(1,2,3) (default)" in report
-    # Two seeds against two of the four retrains, the ceiling the other two against them.
-    quality = record["forgetting_quality"]
-    assert quality == second["forgetting_quality"] and quality["N"] == 2 and quality["seeds"] == [0, 1]
-    assert quality["F"] == 0 and quality["ceiling"] == 0  # at N = 2 no bucket scores (ceil(ln 1) = 0)
-    assert "Computed but not shown: N = 2." in report
+    # Two seeds: F is not computed below 16 (test_forgetting_quality_of_a_group_... below).
+    assert "forgetting_quality" not in record and "computed from N = 16 seeds" in report
 
     # The reference outputs are cached per folder: a second method reads them, computes none.
     cache = sorted((pooled_run / "cache").glob("eval-*.safetensors"))
@@ -161,7 +158,6 @@ def test_a_run_against_a_pool_records_floor_band_and_jsd_to_the_pool(pooled_run)
     after = json.loads((pooled_run / "results.json").read_text())
     assert after["retrains"] == pool and len(after["runs"]) == 3
     assert after["runs"][2]["mia"]["Ad"] == record["mia"]["Ad"]  # A_d audited once per folder
-    assert "forgetting_quality" not in after["runs"][2]  # one seed: no F
 
     # One folder, one pool: another size is refused and changes nothing.
     before = (pooled_run / "results.json").read_bytes()
@@ -214,3 +210,47 @@ def test_an_unlearning_that_returns_retrains_scores_the_ceiling():
     assert got["N"] == 4 and got["F"] == got["ceiling"] and got["score"] == pytest.approx(0.9 * got["F"])
     shifted = forgetting_against_pool([x + 3 * torch.eye(4)[labels] for x in pool[:4]], pool, labels, **accs)
     assert shifted["F"] < got["F"]  # more confident on the true class than any retrain: told apart
+
+
+@needs_fmnist
+def test_forgetting_quality_of_a_group_against_half_the_pool(pooled_run, monkeypatch):
+    """In process, with F's minimum N lowered to 2: two seeds against retrains 3-4, the ceiling
+    retrains 1-2 against them; seeds finished earlier are read back from their checkpoints."""
+    import dataclasses
+
+    from accelerate import Accelerator
+
+    import kga_fast.pipeline as pipeline
+    from kga_fast.baselines import BASELINE_PRESETS
+    from kga_fast.pretrain import ensure_pretrained, needed_models
+    from kga_fast.results import load_results, write_pool
+
+    calls = []
+
+    def spy(unlearned, pool, labels, **accs):
+        calls.append(([u.clone() for u in unlearned], pool))
+        return {"N": len(unlearned), "F": 0.5, "ceiling": 0.75, "score": 0.5}
+
+    monkeypatch.setattr(pipeline, "MIN_MODELS", 2)
+    monkeypatch.setattr(pipeline, "forgetting_against_pool", spy)
+    accelerator = Accelerator(cpu=True)
+    run = open_run(RunConfig(run_dir=pooled_run, train_subset=64, test_subset=40, retrains=4), accelerator)
+    models = ensure_pretrained(run, accelerator, allow_train=False, names=needed_models(run.cfg))
+    cfg = dataclasses.replace(BASELINE_PRESETS["finetune"], epochs=1, batch_size=16)
+    job = pipeline.Job("finetune", cfg, [(1, 2, 3)], [0, 1])
+    records = pipeline.run_job(run, models, job, accelerator)
+    assert [len(u) for u, _ in calls] == [2] and len(calls[0][1]) == 4
+    expected = {"N": 2, "F": 0.5, "ceiling": 0.75, "score": 0.5, "seeds": [0, 1]}
+    assert all(r["forgetting_quality"] == expected for r in records + load_results(pooled_run)["runs"])
+    pipeline.run_job(run, models, job, accelerator)
+    assert len(calls) == 1  # found with its F: nothing recomputed
+
+    results = load_results(pooled_run)  # drop F: the finished seeds are read back from checkpoints
+    for r in results["runs"]:
+        del r["forgetting_quality"]
+    (pooled_run / "results.json").write_text(json.dumps(results))
+    write_pool(pooled_run, results["retrains"])
+    pipeline.run_job(run, models, job, accelerator)
+    assert len(calls) == 2
+    for a, b in zip(calls[0][0], calls[1][0], strict=True):
+        torch.testing.assert_close(a, b)

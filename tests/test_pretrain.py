@@ -43,7 +43,18 @@ def test_tiny_pretraining_writes_four_models(tmp_path):
 
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
-    args = ["--only", "Ad", "--pretrain-epochs", "4", "--pretrain-save-every", "0"]
+    # Batch 16: 4 epochs of 32 steps, over the default preset's 100-step floor (batch 64 needed 13
+    # epochs of 8 steps, three times the images and a saved state per epoch).
+    args = [
+        "--only",
+        "Ad",
+        "--pretrain-epochs",
+        "4",
+        "--pretrain-batch-size",
+        "16",
+        "--pretrain-save-every",
+        "0",
+    ]
     pretrain(tmp_path / "straight", *args)
     interrupted = tmp_path / "interrupted"
     cmd = [PY, str(ROOT / "scripts" / "pretrain.py"), "--run-dir", str(interrupted), *TINY, *args]
