@@ -65,23 +65,21 @@ def _count_at_or_above(sorted_sample: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def _count_between(sorted_sample: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    inside = np.searchsorted(sorted_sample, hi, side="right") - np.searchsorted(
-        sorted_sample, lo, side="left"
-    )
-    return np.maximum(inside, 0)
+    """Counts of the sample in [lo[i, j], hi[i]]: (R, L) lower and (R,) upper bounds."""
+    at_or_below = np.searchsorted(sorted_sample, hi, side="right")[:, None]  # (R, 1)
+    return np.maximum(at_or_below - np.searchsorted(sorted_sample, lo, side="left"), 0)
 
 
-def _single_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(FPR, FNR, separated) of "positive at or above t" for t on the grid over both samples."""
+def _single_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(TP, FP) counts of "positive at or above t" for t on the grid over both samples."""
     lo, hi = min(pos[0], neg[0]), max(pos[-1], neg[-1])
     # torch.linspace, as the reference: its upper half counts down from hi, unlike np.linspace.
     t = torch.linspace(lo, hi, math.ceil((hi - lo) * THRESHOLDS_PER_UNIT), dtype=torch.float64).numpy()
-    tp, fp = _count_at_or_above(pos, t), _count_at_or_above(neg, t)
-    return _rates(tp, fp, len(pos), len(neg))
+    return _count_at_or_above(pos, t), _count_at_or_above(neg, t)
 
 
-def _double_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(FPR, FNR, separated) of "positive between l and r", positive being the narrower sample:
+def _double_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(TP, FP) counts of "positive between l and r", positive being the narrower sample:
     r on the grid from its min + its width - BUFFER to its max + BUFFER, l from r - width - BUFFER
     to r - width + BUFFER."""
     if pos[-1] - pos[0] >= neg[-1] - neg[0]:
@@ -91,14 +89,18 @@ def _double_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, ...
     right = np.linspace(lo, hi, math.ceil((hi - lo) * THRESHOLDS_PER_UNIT))  # (R,)
     centre = right - width
     left = np.linspace(centre - BUFFER, centre + BUFFER, math.ceil(2 * BUFFER * THRESHOLDS_PER_UNIT), axis=1)
-    right = np.broadcast_to(right[:, None], left.shape)  # (R, L)
-    tp, fp = _count_between(pos, left, right), _count_between(neg, left, right)
-    return _rates(tp.ravel(), fp.ravel(), len(pos), len(neg))
+    return _count_between(pos, left, right).ravel(), _count_between(neg, left, right).ravel()
 
 
-def _rates(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> tuple[np.ndarray, ...]:
-    fpr, fnr = fp / n_neg, (n_pos - tp) / n_pos
-    return fpr, fnr, (fp == 0) & (tp == n_pos)
+def _best_epsilon(tp: np.ndarray, fp: np.ndarray, n: int) -> float:
+    """The largest epsilon over rules with these (TP, FP) counts out of n models per sample (inf
+    where one separates, NaN where every rule is dropped). A rule's epsilon is a function of its
+    counts, so each distinct pair, at most (n + 1)^2 of them, is scored once."""
+    seen = np.bincount(tp * (n + 1) + fp, minlength=(n + 1) ** 2).nonzero()[0]
+    tp, fp = np.divmod(seen, n + 1)
+    fpr, fnr = fp / n, (n - tp) / n
+    eps = _rule_epsilons(fpr, fnr, (fp == 0) & (tp == n))
+    return np.nan if np.isnan(eps).all() else float(np.nanmax(eps))
 
 
 def example_epsilons(unlearned: np.ndarray, retrained: np.ndarray) -> np.ndarray:
@@ -115,12 +117,11 @@ def example_epsilons(unlearned: np.ndarray, retrained: np.ndarray) -> np.ndarray
             continue
         # The positive class of an example is the sample with the larger median.
         pos, neg = (r, u) if np.median(r) > np.median(u) else (u, r)
-        eps = np.concatenate(
-            [_rule_epsilons(*rule(pos, neg)) for rule in (_double_threshold, _single_threshold)]
-        )
-        if np.isnan(eps).all():
+        counts = [rule(pos, neg) for rule in (_double_threshold, _single_threshold)]
+        eps = _best_epsilon(*(np.concatenate(c) for c in zip(*counts, strict=True)), len(u))
+        if np.isnan(eps):
             raise RuntimeError(f"forget example {i}: every rule was dropped (FPR or FNR 0)")
-        out[i] = np.nanmax(eps)
+        out[i] = eps
     return np.clip(out, 0.0, EPSILON_CAP)
 
 
