@@ -1,6 +1,8 @@
-"""The report's table of methods: KGA against the baselines on one footing, with the MIA audit.
+"""The report's tables of methods: KGA against the baselines on one footing, with the MIA audit,
+and (with a retrain pool, kga_fast.pool) every method against the pool's band and floor.
 
     report.SECTIONS.append(methods_section)   # report.md gains "## Methods and membership inference"
+    report.SECTIONS.append(pool_section)      # and "## Against the retrain pool"
 
 Reads the records of results.json: "method" (absent: kga), "eval" ({split: {"accuracy": {Ad, A*,
 Ar}, "jsd": {"A*,Ar"}}} with splits forget, retain, test), "mia" ({Ad, A*, Ar: {attack: value}},
