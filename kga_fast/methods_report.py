@@ -201,6 +201,7 @@ def _pool_row(label: str, records: list[dict], model: str, pool: dict) -> str:
             "-" if value is None else f"{value:.4f} ({value / floor:.2f}x)" if floor else f"{value:.4f}"
         )
     quality = records[0].get("forgetting_quality") if model == "A*" and records else None
+    quality = quality if quality and quality["N"] >= MIN_MODELS else None  # (older records: any N)
     cells.append(f"{quality['F']:.3f} ({quality['ceiling']:.3f}), N {quality['N']}" if quality else "-")
     return f"| {label} | " + " | ".join(cells) + " |"
 
