@@ -7,8 +7,9 @@ settings over seeds on splits that did not choose them.
 Tuning runs each method's GRID (BUDGET settings each, KGA included) with unlearning seed 0 and
 keeps the setting of the lowest `score`. The score looks at the retrains (the pool of
 --retrains, else A_r), which is allowed on the tuning split only: `compare` refuses the
-settings of a tuning run made on the same split. A method whose every setting collapses (test accuracy far below A_r's) is still reported, with its best
-setting, and the table shows it.
+settings of a tuning run made on the same split. A method whose every setting collapses
+(test accuracy far below A_r's) is still reported, with its best setting, and the table shows
+it.
 """
 
 from __future__ import annotations
