@@ -38,8 +38,13 @@ def _get(record: dict, *path: str) -> float | None:
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
+def _eval(split: str, metric: str) -> Getter:
+    """A record's eval[split][metric][key]: key a model ("A*") or, for "jsd", a pair ("A*,Ar")."""
+    return lambda r, key: _get(r, "eval", split, metric, key)
+
+
 def _accuracy(split: str) -> Getter:
-    return lambda r, m: _get(r, "eval", split, "accuracy", m)
+    return _eval(split, "accuracy")
 
 
 def _attack(name: str) -> Getter:
@@ -105,30 +110,39 @@ def _differences(config: dict, twins: list[dict]) -> str:
     return ", ".join(f"{f} {config.get(f, '-')}" for f in fields)
 
 
-def format_methods_table(results: dict | list[dict]) -> str:
-    """One markdown table of methods for records of one dataset and arch (see the module doc)."""
-    runs = results["runs"] if isinstance(results, dict) else results
+def _method_rows(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(label, records) per (method, freeze, preset, config), in METHOD_ORDER; the records of
+    the "retrain" method fold into the reference rows. Two rows of one label name the config
+    fields they differ in."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if _method(r) != "retrain":
             config = json.dumps(r.get("config"), sort_keys=True, default=str)
             groups.setdefault((_method(r), tuple(r["freeze"]), r["preset"], config), []).append(r)
+    keys = sorted(groups, key=lambda k: (_order(k[0]), *k))
+    labels = [f"{m}^{freeze_label(f)} ({p})" for m, f, p, _ in keys]
+    rows = []
+    for key, label in zip(keys, labels, strict=True):
+        twins = [json.loads(k[3]) or {} for k, lab in zip(keys, labels, strict=True) if lab == label]
+        extra = f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else ""
+        rows.append((label + extra, groups[key]))
+    return rows
 
-    def order(key: tuple) -> tuple:
-        known = key[0] in METHOD_ORDER
-        return (METHOD_ORDER.index(key[0]) if known else len(METHOD_ORDER), *key)
 
-    labels = [f"{m}^{freeze_label(f)} ({p})" for m, f, p, _ in sorted(groups, key=order)]
+def _order(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def format_methods_table(results: dict | list[dict]) -> str:
+    """One markdown table of methods for records of one dataset and arch (see the module doc)."""
+    runs = results["runs"] if isinstance(results, dict) else results
     header = "| Method | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
     lines = [header, "|---" * (len(COLUMNS) + 1) + "|"]
     for label, model in (("original (A_d)", "Ad"), ("retrain (A_r)", "Ar")):
         cells = [_cell(runs, g, model, d) for _, g, d in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    keys = sorted(groups, key=order)
-    for i, key in enumerate(keys):
-        twins = [json.loads(k[3]) or {} for k, lab in zip(keys, labels, strict=True) if lab == labels[i]]
-        label = labels[i] + (f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else "")
-        cells = [_cell(groups[key], g, "A*", d) for _, g, d in COLUMNS]
+    for label, records in _method_rows(runs):
+        cells = [_cell(records, g, "A*", d) for _, g, d in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -169,10 +183,7 @@ POOL_METRICS: list[tuple[str, tuple[str, ...], Getter]] = [
         (f"Acc {n}", (s, "accuracy"), _accuracy(s))
         for s, n in (("forget", "D_f"), ("retain", "D_r"), ("test", "D_t"))
     ],
-    *[
-        (f"F1 {n}", (s, "f1"), lambda r, m, s=s: _get(r, "eval", s, "f1", m))
-        for s, n in (("forget", "D_f"), ("test", "D_t"))
-    ],
+    *[(f"F1 {n}", (s, "f1"), _eval(s, "f1")) for s, n in (("forget", "D_f"), ("test", "D_t"))],
     *[(name, ("mia", name), _attack(name)) for name in ATTACKS],
 ]
 POOL_JSD = (("forget", "D_f"), ("test", "D_t"))
@@ -195,7 +206,7 @@ def _pool_row(label: str, records: list[dict], model: str, pool: dict) -> str:
         cells.append("-" if value is None or band is None else f"{value:.3f} {verdict(value, band)}")
     pair = "A*,retrains" if model == "A*" else "Ad,retrains"
     for split, _ in POOL_JSD:
-        value = _mean(records, lambda r, m, s=split: _get(r, "eval", s, "jsd", pair), model)
+        value = _mean(records, _eval(split, "jsd"), pair)
         floor = pool["floor"][split]
         cells.append(
             "-" if value is None else f"{value:.4f} ({value / floor:.2f}x)" if floor else f"{value:.4f}"
@@ -223,16 +234,8 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
     band_cells += [f"floor {pool['floor'][s]:.4f}" for s, _ in POOL_JSD] + ["-"]
     lines.append(f"| retrain band ({k} retrains) | " + " | ".join(band_cells) + " |")
     lines.append(_pool_row("original (A_d)", runs, "Ad", pool))
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if _method(r) != "retrain":
-            config = json.dumps(r.get("config"), sort_keys=True, default=str)
-            groups.setdefault((_method(r), tuple(r["freeze"]), r["preset"], config), []).append(r)
-    labels = {key: f"{key[0]}^{freeze_label(key[1])} ({key[2]})" for key in groups}
-    for key in sorted(groups, key=lambda k: (_order(k[0]), *k)):
-        twins = [json.loads(o[3]) or {} for o in groups if labels[o] == labels[key]]
-        extra = f" [{_differences(json.loads(key[3]) or {}, twins)}]" if len(twins) > 1 else ""
-        lines.append(_pool_row(labels[key] + extra, groups[key], "A*", pool))
+    for label, records in _method_rows(runs):
+        lines.append(_pool_row(label, records, "A*", pool))
     floor = ", ".join(f"{pool['floor'][s]:.4f} on {n}" for s, n in POOL_JSD)
     return "\n".join(
         [
@@ -254,7 +257,3 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
             "models its scale moves too much with N.",
         ]
     )
-
-
-def _order(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
