@@ -20,8 +20,7 @@ from kga_fast.baselines import BASELINE_PRESETS
 from kga_fast.errors import UserError
 from kga_fast.files import write_json_atomic
 from kga_fast.pipeline import Job, run_job
-from kga_fast.pool import POOL_KEY
-from kga_fast.results import load_results
+from kga_fast.results import POOL_KEY, load_results
 from kga_fast.unlearn import UNLEARN_PRESETS
 
 BUDGET = 4  # settings tried per method

@@ -18,6 +18,7 @@ import statistics
 from collections.abc import Callable
 
 from kga_fast.freeze import freeze_label
+from kga_fast.results import POOL_KEY
 
 # The same names as kga_fast.baselines.METHODS and kga_fast.audit.ATTACKS (checked by the
 # tests), kept here so that building a report imports neither torch training code nor sklearn.
@@ -220,7 +221,7 @@ def _pool_row(label: str, records: list[dict], model: str, pool: dict) -> str:
 def pool_section(runs: list[dict], results: dict | None = None) -> str:
     """A report.SECTIONS builder: every method beside the band of the retrain pool, with a
     verdict, and its mean JSD to the pool against the floor; "" without a pool (--retrains 1)."""
-    pool = (results or {}).get("retrains")
+    pool = (results or {}).get(POOL_KEY)
     if not pool:
         return ""
     k = pool["size"]

@@ -36,12 +36,11 @@ from kga_fast.baselines import (
 from kga_fast.checkpoint import load_model, save_model
 from kga_fast.errors import UserError
 from kga_fast.evaluate import evaluate_unlearning, predict
-from kga_fast.files import atomic_path
+from kga_fast.files import atomic_path, sha256_file
 from kga_fast.forgetting import MIN_MODELS
 from kga_fast.freeze import freeze_label
 from kga_fast.models import StagedNet
 from kga_fast.pool import (
-    POOL_KEY,
     forgetting_against_pool,
     jsd_to_pool,
     pool_member,
@@ -111,14 +110,6 @@ def _seconds_or_none(run_dir, name: str) -> float | None:
         return None
 
 
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def reference_outputs_cached(
     run: Run, models: dict[str, StagedNet], splits: dict, labels: dict, accelerator
 ) -> tuple[dict, dict]:
@@ -129,7 +120,7 @@ def reference_outputs_cached(
     run_dir = run.cfg.run_dir
     paths = {m: run_dir / "cache" / f"eval-{m}.safetensors" for m in models}
     precision = str(accelerator.mixed_precision)  # bf16 logits are not fp32 logits
-    shas = {m: _sha256(run_dir / "models" / f"{m}.safetensors") for m in models}
+    shas = {m: sha256_file(run_dir / "models" / f"{m}.safetensors") for m in models}
     found = {}
     for m, path in paths.items():
         if path.is_file():
@@ -213,6 +204,7 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
                 {m: run.cfg.seed + pool_member(m) for m in pool},
             )
             write_pool(run_dir, block)
+            fixed["pool"] = block
 
     freezes = [()] if job.method == "retrain" else job.freezes  # A_r as it is: nothing frozen
     records = []
@@ -320,7 +312,7 @@ def _add_forgetting_quality(run, group, forget_logits, fixed, pool, splits, acce
                 model, splits["forget"][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator
             )
     if accelerator.is_main_process:
-        band = load_results(run.cfg.run_dir)[POOL_KEY]["band"]
+        band = fixed["pool"]["band"]
 
         def mean_accuracy(split: str) -> tuple[float, float]:
             unlearned = statistics.fmean(r["eval"][split]["accuracy"]["A*"] for r in group)
@@ -335,7 +327,7 @@ def _add_forgetting_quality(run, group, forget_logits, fixed, pool, splits, acce
         )
         for r in group:
             r["forgetting_quality"] = quality | {"seeds": seeds}
-            append_result(run.cfg.run_dir, r)
+        append_result(run.cfg.run_dir, *group)
     accelerator.wait_for_everyone()
 
 

@@ -24,8 +24,7 @@ import torch
 from kga_fast.errors import UserError
 from kga_fast.evaluate import classification_metrics, mean_jsd
 from kga_fast.forgetting import challenge_score, forgetting_quality, logit_scaled_confidence
-
-POOL_KEY = "retrains"  # results.json's top-level block
+from kga_fast.results import POOL_KEY
 
 
 def pool_names(size: int) -> tuple[str, ...]:

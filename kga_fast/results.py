@@ -16,6 +16,7 @@ from kga_fast.errors import UserError
 from kga_fast.files import write_bytes_atomic
 
 RESULTS_FILE = "results.json"
+POOL_KEY = "retrains"  # the top-level block of a retrain pool (kga_fast.pool)
 REQUIRED = ("dataset", "arch", "freeze", "seed", "preset", "config", "unlearn_seconds", "eval")
 
 
@@ -56,19 +57,24 @@ def find_result(run_dir: str | Path, key_record: dict) -> dict | None:
     return next((r for r in load_results(run_dir)["runs"] if result_key(r) == key), None)
 
 
-def append_result(run_dir: str | Path, record: dict) -> None:
-    """Add `record` to results.json, replacing a record of the same key; atomic."""
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise ValueError(f"result record lacks {missing}")
+def append_result(run_dir: str | Path, *records: dict) -> None:
+    """Add `records` to results.json, each replacing a record of the same key; one atomic write."""
+    for record in records:
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise ValueError(f"result record lacks {missing}")
     results = load_results(run_dir)  # a corrupt file stops here, untouched
-    key = result_key(record)
-    results["runs"] = [r for r in results["runs"] if result_key(r) != key] + [record]
-    write_bytes_atomic(Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())
+    keys = {result_key(record) for record in records}
+    results["runs"] = [r for r in results["runs"] if result_key(r) not in keys] + list(records)
+    _write(run_dir, results)
 
 
 def write_pool(run_dir: str | Path, block: dict) -> None:
-    """Set results.json's top-level "retrains" (kga_fast.pool), keeping every record; atomic."""
+    """Set results.json's top-level POOL_KEY (kga_fast.pool), keeping every record; atomic."""
     results = load_results(run_dir)
-    results["retrains"] = block
+    results[POOL_KEY] = block
+    _write(run_dir, results)
+
+
+def _write(run_dir: str | Path, results: dict) -> None:
     write_bytes_atomic(Path(run_dir) / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())

@@ -15,7 +15,6 @@ torchvision model computes. Class count and input channels are read from the wei
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from kga_fast.errors import UserError
+from kga_fast.files import sha256_file
 from kga_fast.models import ARCHS, StagedNet, build_with_torchvision
 
 STAGED_PREFIXES = ("stem.", "blocks.", "head.")
@@ -106,7 +106,7 @@ def load_user_model(path: str | Path, *, arch: str) -> tuple[StagedNet, dict]:
         raise UserError(
             f"{path} is not a {arch} with {num_classes} classes and {in_channels} channels: {why}"
         ) from None
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = sha256_file(path)
     info = {
         "source": str(path),
         "sha256": digest,
