@@ -8,7 +8,7 @@ each freeze configuration of resnet18 and vgg11, and the ratio to (0).
 Synthetic CIFAR-shaped data (3 x 32 x 32, 10 classes, random weights): speed does not depend on
 what the images show. A "step" is one retain batch (forward + backward of A*); the timed run is
 one epoch of `steps` retain batches with inner_steps = steps, so it ends with one alignment
-step (a D_f batch) and one optimizer step, exactly as kga_fast.unlearn runs them. Teacher
+step (a D_f batch) and one optimizer step, exactly as kga_fast.methods.kga runs them. Teacher
 outputs and the frozen prefix's features are cached (their one-off cost, cache_seconds, is
 excluded: a run pays it once, not per epoch). A warm-up run comes first.
 """
@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from kga_fast.freeze import freeze_label, parse_freeze  # noqa: E402
+from kga_fast.methods.kga import UNLEARN_PRESETS, UnlearnData, unlearn  # noqa: E402
 from kga_fast.models import build_model  # noqa: E402
-from kga_fast.unlearn import UNLEARN_PRESETS, UnlearnData, unlearn  # noqa: E402
 
 FREEZES = ["0", "1", "1,2", "1,2,3"]
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)

@@ -1,4 +1,4 @@
-"""Pipeline throughput: KGA unlearning, ours (kga_fast.unlearn.unlearn, the paper preset) against
+"""Pipeline throughput: KGA unlearning, ours (kga_fast.methods.kga.unlearn, the paper preset) against
 the paper's loop (bench/paper_loop.py) in the same run, per architecture and freeze
 configuration; pretraining images per second; on CUDA a full paper-preset unlearning run.
 
@@ -8,7 +8,7 @@ configuration; pretraining images per second; on CUDA a full paper-preset unlear
 Both sides get the same model, synthetic CIFAR-shaped data (uint8 3x32x32, CIFAR-10
 normalization), batch size and number of retain batches (with ceil(n / 15) alignment steps).
 Ours is timed from its own clock without the one-off caching (teacher outputs and frozen-prefix
-features, kga_fast.cache), which is reported beside it, together with the ratio over a
+features, kga_fast.methods.kga_cache), which is reported beside it, together with the ratio over a
 15-epoch paper-preset run that pays the caching once; |D_f| = |D_r| as in the paper's split.
 Both sides are warmed up outside the timing. The paper loop is float32; ours uses bf16
 autocast on GPUs that support it and float32 on the CPU (exact there).
@@ -41,8 +41,8 @@ from paper_loop import PaperConfig, paper_unlearn  # noqa: E402
 from kga_fast import accel  # noqa: E402
 from kga_fast.data import STATS  # noqa: E402
 from kga_fast.freeze import freeze_label  # noqa: E402
+from kga_fast.methods.kga import PAPER, UnlearnData, unlearn  # noqa: E402
 from kga_fast.models import build_model  # noqa: E402
-from kga_fast.unlearn import PAPER, UnlearnData, unlearn  # noqa: E402
 
 
 def _env(name: str, cpu: str, cuda: str) -> str:

@@ -103,7 +103,7 @@ def paper_unlearn(
     device: torch.device | str,
     max_batches: int | None = None,
 ) -> tuple[StagedNet, float, int]:
-    """One epoch of the paper's loop over `data.retain` (a kga_fast.unlearn.UnlearnData), at
+    """One epoch of the paper's loop over `data.retain` (a kga_fast.methods.kga.UnlearnData), at
     most `max_batches` retain batches. Returns (A*, seconds of the loop, optimizer steps)."""
     device = torch.device(device)
     torch.manual_seed(seed)

@@ -24,7 +24,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import test_baselines as T  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
-from kga_fast.baselines import BASELINE_PRESETS, unlearn_baseline  # noqa: E402
+from kga_fast.methods import BASELINE_PRESETS, unlearn_baseline  # noqa: E402
 
 SETTINGS = [  # (method, the test's overrides, what else the test compares)
     ("gradient_ascent", dict(lr=0.05, epochs=3), "forget CE - A_d's (> 1)"),
@@ -32,6 +32,9 @@ SETTINGS = [  # (method, the test's overrides, what else the test compares)
     ("salun", dict(lr=0.05, epochs=4, saliency=0.3), "share of weights moved (0.05-0.3)"),
     ("finetune", dict(lr=0.05, epochs=4), "forget CE - A_d's (> 0)"),
     ("scrub", dict(lr=0.002, epochs=4, max_epochs=2, forget_batch_size=8), "forget KL / retain KL (> 5)"),
+    ("neggrad_plus", dict(lr=0.02, epochs=4, retain_weight=0.8), ""),
+    ("ct", dict(lr=0.05, epochs=8), ""),
+    ("msg", dict(lr=0.05, epochs=8), "forget CE - A_d's (> 0)"),
 ]
 
 
@@ -44,7 +47,7 @@ def main() -> None:
     f, fl, r, rl = data.forget, data.forget_labels, data.retain, data.retain_labels
 
     def extra(method: str, out) -> float | None:
-        if method in ("gradient_ascent", "finetune"):
+        if method in ("gradient_ascent", "finetune", "msg"):
             return T.ce(out, f, fl) - T.ce(ad, f, fl)
         if method == "salun":
             before = torch.cat([p.flatten() for p in ad.parameters()])

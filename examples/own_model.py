@@ -18,7 +18,7 @@ from torchvision.models import resnet18
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kga_fast import unlearn_model  # noqa: E402
-from kga_fast.unlearn import UnlearnConfig  # noqa: E402
+from kga_fast.methods.kga import UnlearnConfig  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--data-dir", required=True)

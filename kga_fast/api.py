@@ -23,11 +23,11 @@ from kga_fast import accel
 from kga_fast.checkpoint import load_model
 from kga_fast.config import NORMALIZATIONS, PRETRAIN_PRESETS, RunConfig
 from kga_fast.errors import UserError
+from kga_fast.methods.kga import UNLEARN_PRESETS, UnlearnConfig
 from kga_fast.models import StagedNet, build_with_torchvision
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained
 from kga_fast.run import open_run
-from kga_fast.unlearn import UNLEARN_PRESETS, UnlearnConfig
 
 
 def _arch_of(model: torch.nn.Module) -> str:

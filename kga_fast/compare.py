@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from kga_fast.baselines import BASELINE_PRESETS
 from kga_fast.errors import UserError
 from kga_fast.files import write_json_atomic
+from kga_fast.methods import BASELINE_PRESETS
+from kga_fast.methods.kga import UNLEARN_PRESETS
 from kga_fast.pipeline import Job, run_job
 from kga_fast.results import POOL_KEY, load_results
-from kga_fast.unlearn import UNLEARN_PRESETS
 
 BUDGET = 4  # settings tried per method
 # Each method's settings (overrides of its preset); KGA's are the candidates of bench/RESULTS.md.
@@ -35,6 +35,10 @@ GRID: dict[str, list[dict]] = {
     "random_label": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (1, 2)],
     "salun": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (1, 2)],
     "scrub": [dict(lr=lr, max_epochs=m, epochs=2) for lr in (5e-5, 2e-4) for m in (1, 2)],
+    # Deep Unlearn tunes NegGrad+'s alpha and lr; CT and MSG: the step and the repair's length.
+    "neggrad_plus": [dict(lr=lr, epochs=2, retain_weight=a) for lr in (0.003, 0.01) for a in (0.95, 0.99)],
+    "ct": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (2, 4)],
+    "msg": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (2, 4)],
 }
 TUNED_FILE = "tuned.json"
 

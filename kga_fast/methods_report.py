@@ -20,9 +20,20 @@ from collections.abc import Callable
 from kga_fast.freeze import freeze_label
 from kga_fast.results import POOL_KEY
 
-# The same names as kga_fast.baselines.METHODS and kga_fast.audit.ATTACKS (checked by the
-# tests), kept here so that building a report imports neither torch training code nor sklearn.
-METHOD_ORDER = ("kga", "retrain", "finetune", "gradient_ascent", "random_label", "salun", "scrub")
+# The same names as kga_fast.methods.METHODS and kga_fast.audit.ATTACKS (checked by the tests),
+# kept here so that building a report imports neither torch training code nor sklearn.
+METHOD_ORDER = (
+    "kga",
+    "retrain",
+    "finetune",
+    "gradient_ascent",
+    "random_label",
+    "salun",
+    "scrub",
+    "neggrad_plus",
+    "ct",
+    "msg",
+)
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
 MIN_MODELS = 16  # kga_fast.forgetting.MIN_MODELS (checked by the tests): F is computed from N = 16
 

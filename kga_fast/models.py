@@ -43,7 +43,7 @@ class StagedNet(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(N, C, H, W) images -> (N, classes) logits. With `start` = k > 0, x is instead the
-        output of the stem and the first k blocks (kga_fast.cache.PrefixCache keeps it for a
+        output of the stem and the first k blocks (kga_fast.methods.kga_cache.PrefixCache keeps it for a
         frozen prefix), and only blocks k.. and the head run."""
         if start:
             if torch.is_grad_enabled() and start > self.frozen_prefix():

@@ -25,20 +25,17 @@ from safetensors.torch import save_file
 
 from kga_fast import accel
 from kga_fast.audit import audit_models
-from kga_fast.baselines import (
-    BaselineConfig,
-    MethodData,
-    baseline_config_key,
-    retrain,
-    train_seconds,
-    unlearn_baseline,
-)
 from kga_fast.checkpoint import load_model, save_model
 from kga_fast.errors import UserError
 from kga_fast.evaluate import evaluate_unlearning, predict
 from kga_fast.files import atomic_path, sha256_file
 from kga_fast.forgetting import MIN_MODELS
 from kga_fast.freeze import freeze_label
+from kga_fast.methods import baseline_config_key, unlearn_baseline
+from kga_fast.methods.common import MethodData, train_seconds
+from kga_fast.methods.kga import UnlearnConfig, config_key, unlearn
+from kga_fast.methods.retrain import retrain
+from kga_fast.methods.trained import BaselineConfig
 from kga_fast.models import StagedNet
 from kga_fast.pool import (
     forgetting_against_pool,
@@ -50,7 +47,6 @@ from kga_fast.pool import (
 from kga_fast.report import format_table, write_report
 from kga_fast.results import append_result, find_result, load_results, write_pool
 from kga_fast.run import Run
-from kga_fast.unlearn import UnlearnConfig, config_key, unlearn
 
 EVAL_SPLITS = ("test", "forget", "retain")
 
@@ -59,7 +55,7 @@ EVAL_SPLITS = ("test", "forget", "retain")
 class Job:
     """What to run on a run folder: one method over freeze configurations and seeds."""
 
-    method: str = "kga"  # kga | retrain | a baseline of kga_fast.baselines
+    method: str = "kga"  # a name of kga_fast.methods.METHODS
     cfg: UnlearnConfig | BaselineConfig | None = None  # the method's configuration (retrain: None)
     freezes: list[tuple[int, ...]] = field(default_factory=lambda: [()])  # 1-based frozen blocks
     seeds: list[int] = field(default_factory=lambda: [0])  # unlearning seeds

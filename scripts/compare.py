@@ -5,7 +5,7 @@ budget, then report the chosen settings over seeds on another split (kga_fast.co
     python scripts/compare.py --run-dir runs/s1 --seed 1 --tuned runs/s0/tuned.json --seeds 0,1,2
 
 The report mode runs retrain, KGA's default preset and each tuned method (KGA with its tuned
-gap-matching setting, finetune, gradient_ascent, random_label, salun, scrub) and writes the
+gap-matching setting and every baseline of kga_fast.methods) and writes the
 comparison table into the run folder's report.md ("Methods and membership inference"). Both
 modes train missing models first and skip finished runs, so an interrupted comparison resumes.
 """

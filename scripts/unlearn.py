@@ -24,15 +24,15 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kga_fast import accel
-from kga_fast.baselines import BASELINE_PRESETS, METHODS, check_baseline_config
 from kga_fast.config import QUICK_SUBSETS, add_run_args, run_config_from_args, seed_list, use_quick_subsets
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
+from kga_fast.methods import BASELINE_PRESETS, METHODS, check_baseline_config
+from kga_fast.methods.kga import OPTIMIZERS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
-from kga_fast.unlearn import OPTIMIZERS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
 
 QUICK_EPOCHS = 2  # unlearning epochs of the quick run (the presets' own count with --full)
 PAPER_FREEZES = ["0", "1", "1,2", "1,2,3"]
@@ -69,10 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = parser.add_argument_group("unlearning")
     g.add_argument(
         "--method",
-        choices=METHODS,
+        choices=list(METHODS),
         default="kga",
-        help="kga (ours) or a baseline: retrain (A_r as is), finetune (on D_r), "
-        "gradient_ascent (on D_f), random_label, salun (random labels through a saliency mask), scrub",
+        help="; ".join(f"{name}: {m.help}" for name, m in METHODS.items()),
     )
     g.add_argument(
         "--preset",

@@ -22,8 +22,8 @@ from torch import nn  # noqa: E402
 
 from kga_fast.data import normalize  # noqa: E402
 from kga_fast.evaluate import predict  # noqa: E402
+from kga_fast.methods.kga import UnlearnConfig, UnlearnData, unlearn  # noqa: E402
 from kga_fast.models import StagedNet, build_model  # noqa: E402
-from kga_fast.unlearn import UnlearnConfig, UnlearnData, unlearn  # noqa: E402
 
 MEAN, STD = (0.2,), (0.3,)
 # Global batch 64 (32 per process under DDP); 4 retain batches per epoch, a step every 2. SGD:

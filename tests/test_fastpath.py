@@ -17,8 +17,8 @@ from accelerate import Accelerator
 
 from kga_fast.freeze import apply_freeze
 from kga_fast.losses import retain_loss
+from kga_fast.methods.kga import UnlearnConfig, UnlearnData, unlearn
 from kga_fast.models import build_model
-from kga_fast.unlearn import UnlearnConfig, UnlearnData, unlearn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 from paper_loop import PaperConfig, paper_unlearn  # noqa: E402
@@ -159,7 +159,7 @@ def test_start_runs_only_the_blocks_after_a_cached_prefix():
 
 def _unlearn_with_prefix_cache(monkeypatch, arch: str, freeze: tuple, limit_gb: float):
     """Losses, A* and the `start` of every student call of a small KGA run."""
-    from kga_fast import cache
+    from kga_fast.methods import kga_cache as cache
 
     starts = []
     inputs = cache.PrefixCache.inputs

@@ -221,7 +221,7 @@ def test_forgetting_quality_of_a_group_against_half_the_pool(pooled_run, monkeyp
     from accelerate import Accelerator
 
     import kga_fast.pipeline as pipeline
-    from kga_fast.baselines import BASELINE_PRESETS
+    from kga_fast.methods import BASELINE_PRESETS
     from kga_fast.pretrain import ensure_pretrained, needed_models
     from kga_fast.results import load_results, write_pool
 

@@ -1,4 +1,4 @@
-"""The gap rule (kga_fast.stopping): on a toy problem whose answer is known in closed form, and
+"""The gap rule (kga_fast.methods.kga_stopping): on a toy problem whose answer is known in closed form, and
 inside unlearn(): it stops at the first check that reaches the target, never later, and keeps
 its held-out D_f images out of L_a; its target is the gap over all of D_n."""
 
@@ -12,9 +12,9 @@ from accelerate import Accelerator
 from test_unlearn import Recorder, make_data, make_models, small_cfg
 from torch import nn
 
-import kga_fast.stopping as S
-from kga_fast.stopping import GapStop, holdout_split
-from kga_fast.unlearn import unlearn
+import kga_fast.methods.kga_stopping as S
+from kga_fast.methods.kga import unlearn
+from kga_fast.methods.kga_stopping import GapStop, holdout_split
 
 
 class Fixed(nn.Module):

@@ -1,4 +1,4 @@
-"""KGA unlearning (kga_fast.unlearn): Algorithm 1's schedule, the loss conventions against the
+"""KGA unlearning (kga_fast.methods.kga): Algorithm 1's schedule, the loss conventions against the
 reference, layer freezing, cached teachers, resume, config checks. Tiny random data, CPU."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import kga_fast.unlearn as U
+import kga_fast.methods.kga as U
 from kga_fast import accel, native, reference
 from kga_fast.data import normalize
 from kga_fast.errors import UserError
+from kga_fast.freeze import apply_freeze
+from kga_fast.methods.kga import UNLEARN_PRESETS, UnlearnConfig, UnlearnData, check_config, unlearn
 from kga_fast.models import build_model
-from kga_fast.unlearn import UNLEARN_PRESETS, UnlearnConfig, UnlearnData, check_config, unlearn
 
 MEAN, STD = (0.2,), (0.3,)
 IMPLS = ["reference"] + (["fused"] if native.has_device("cpu") else [])
@@ -123,7 +124,7 @@ def test_one_step_matches_reference_losses(acc, monkeypatch, direction, reductio
     assert rec.events == ["r", "r", "r", "a", "s"]
 
     student = copy.deepcopy(models["Ad"]).requires_grad_(True)
-    U.apply_freeze(student, (1,))
+    apply_freeze(student, (1,))
     student.train()
 
     def kl(s_logits, t_logits):  # (B,) in the asked direction

@@ -1,4 +1,5 @@
-"""KGA unlearning (the paper's Algorithm 1) with layer freezing, cached teachers and resume.
+"""KGA unlearning (the paper's Algorithm 1) with layer freezing, cached teachers and resume;
+its stopping rule is kga_stopping.py, its caches kga_cache.py.
 
     result = unlearn(models, data, UNLEARN_PRESETS["default"], freeze=(1, 2), seed=0,
                      accelerator=accelerator, state_dir=run_dir / "state" / name)
@@ -23,7 +24,7 @@ Teachers (A_d, A_f, A_n) are frozen and in eval mode; without augmentation their
 constants, computed once (`cache_teachers=True`) and indexed per batch; only A* runs forward
 and backward. The uncached path runs them every step on the very same batches. Likewise the
 features of A*'s frozen prefix are computed once when they fit in `prefix_cache_gb`, so that a
-step runs only the trainable blocks (kga_fast.cache).
+step runs only the trainable blocks (kga_fast.methods.kga_cache).
 
 Under DDP each process takes its rank's share of every batch (DistributedSampler order), so
 the processes together see the single-process batches and pairs; only the L_a backward of a
@@ -32,26 +33,23 @@ step all-reduces. BatchNorm in train mode normalizes per process (no SyncBatchNo
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from kga_fast import accel
-from kga_fast.cache import PrefixCache, Teachers
 from kga_fast.data import DeviceLoader
 from kga_fast.errors import UserError
-from kga_fast.freeze import apply_freeze
 from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
+from kga_fast.methods.common import Method, UnlearnData, UnlearnResult, endless, start_from_ad, stream_seed
+from kga_fast.methods.kga_cache import PrefixCache, Teachers
+from kga_fast.methods.kga_stopping import GapStop, holdout_split
 from kga_fast.models import StagedNet
-from kga_fast.stopping import GapStop, holdout_split
-from kga_fast.unlearn_data import UnlearnData
 
 OPTIMIZERS = ("adam", "sgd")
 STOPS = ("epochs", "gap")
@@ -130,41 +128,6 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
             )
             raise UserError(f"{name.replace('_', ' ')} must be {bound}, got {getattr(cfg, name)}")
     return cfg
-
-
-@dataclass
-class UnlearnResult:
-    model: StagedNet  # A*, unwrapped, eval mode, on the accelerator's device
-    seconds: float  # unlearning time, caching included, state saving excluded
-    cache_seconds: float  # of which computing what is cached (kga_fast.cache), in this piece
-    epochs_resumed: int  # epochs loaded from an earlier, interrupted run
-    losses: dict[str, list[float]] = field(default_factory=dict)  # per-epoch mean L_r, L_a
-    stopping: dict = field(default_factory=dict)  # how it ended (stop "gap": the checks made)
-
-
-def stream_seed(seed: int, stream: int) -> int:
-    """Independent seeds for the D_r, D_f, D_n orders and dropout (DeviceLoader adds the epoch)."""
-    return (seed * 1_000_003 + stream * 10_007) % 2**31
-
-
-def _endless(loader: DeviceLoader, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches from overall draw number `start` on, restarting with the next epoch's order when
-    the loader runs out: draw k is batch k % len of epoch k // len, so resuming needs no state."""
-    epoch, skip = divmod(start, len(loader))
-    while True:
-        loader.set_epoch(epoch)
-        for b, batch in enumerate(loader):
-            if b >= skip:
-                yield batch
-        epoch, skip = epoch + 1, 0
-
-
-def start_from_ad(models: dict[str, StagedNet], freeze: tuple[int, ...], accelerator) -> StagedNet:
-    """A* as every method starts it: a float32 copy of A_d with the 1-based blocks `freeze`
-    frozen, in the accelerator's training memory format."""
-    raw = copy.deepcopy(models["Ad"]).float()
-    apply_freeze(raw.requires_grad_(True), freeze)
-    return accel.to_train_layout(raw, accelerator)
 
 
 def _make_optimizer(cfg: UnlearnConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -260,8 +223,8 @@ def unlearn(
         accel.synchronize(accelerator)
         cache_seconds = time.perf_counter() - t0
         seconds = progress["seconds"] + cache_seconds
-        forget_it = _endless(forget_dl, start_epoch * steps_per_epoch)
-        new_it = _endless(new_dl, start_epoch * steps_per_epoch)
+        forget_it = endless(forget_dl, start_epoch * steps_per_epoch)
+        new_it = endless(new_dl, start_epoch * steps_per_epoch)
         scale = (1.0 - cfg.ratio) / cfg.inner_steps
         bar = tqdm(
             total=(cfg.epochs - start_epoch) * n_batches,
@@ -335,3 +298,6 @@ def unlearn(
     bar.close()
     stopping = stopper.record(stopped_at) if stopper else {"rule": "epochs"}
     return UnlearnResult(raw.eval(), seconds, cache_seconds, start_epoch, losses, stopping)
+
+
+METHOD = Method("kga", "Knowledge Gap Alignment, the paper's method (the default)", DEFAULT)
