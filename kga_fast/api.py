@@ -3,6 +3,7 @@
     from kga_fast import unlearn_model
     unlearned, record = unlearn_model(my_resnet18, "~/my_images", forget=["cat/0001.png"],
                                       run_dir="runs/request-42", normalize="imagenet")
+    unlearned, record = unlearn_model(..., method="ct")   # any method of kga_fast.methods
 
 `unlearned` is a torchvision module of your model's architecture and key names (load it as you
 loaded yours); `record` is the run's results.json record (evaluation, attacks, time, memory).
@@ -23,7 +24,9 @@ from kga_fast import accel
 from kga_fast.checkpoint import load_model
 from kga_fast.config import NORMALIZATIONS, PRETRAIN_PRESETS, RunConfig
 from kga_fast.errors import UserError
-from kga_fast.methods.kga import UNLEARN_PRESETS, UnlearnConfig
+from kga_fast.methods import METHODS, check_baseline_config
+from kga_fast.methods.kga import UnlearnConfig
+from kga_fast.methods.trained import BaselineConfig
 from kga_fast.models import StagedNet, build_with_torchvision
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained
@@ -41,13 +44,29 @@ def _arch_of(model: torch.nn.Module) -> str:
     raise UserError(f"cannot tell the architecture of a {type(model).__name__}: pass arch=")
 
 
+def _method_config(method: str, config):
+    """`config`, or the method's preset; UserError for a method or config that cannot run here."""
+    if method not in METHODS or METHODS[method].preset is None:
+        usable = ", ".join(m for m, spec in METHODS.items() if spec.preset is not None)
+        raise UserError(f"unknown method {method!r} for unlearn_model; choose one of {usable}")
+    config = config or METHODS[method].preset
+    if method == "kga":
+        if not isinstance(config, UnlearnConfig):
+            raise UserError("method kga takes an UnlearnConfig")
+        return config
+    if not isinstance(config, BaselineConfig) or config.method != method:
+        raise UserError(f"method {method} takes a BaselineConfig with method={method!r}")
+    return check_baseline_config(config)
+
+
 def unlearn_model(
     model: torch.nn.Module | str | Path,
     data: str | Path,
     *,
     forget: list[str] | list[int] | str | Path,
     run_dir: str | Path,
-    config: UnlearnConfig | None = None,
+    method: str = "kga",
+    config: UnlearnConfig | BaselineConfig | None = None,
     arch: str | None = None,
     freeze: tuple[int, ...] = (),
     seed: int = 0,
@@ -59,7 +78,8 @@ def unlearn_model(
     dataset: str = "folder",
     accelerator=None,
 ) -> tuple[torch.nn.Module, dict]:
-    """Unlearn `forget` from `model` with KGA (module doc).
+    """Unlearn `forget` from `model` with `method` (module doc): KGA, or any trained method of
+    kga_fast.methods.METHODS; `config` defaults to the method's preset.
 
     model: a torchvision resnet18 / vgg11 module, a StagedNet, or a weights file (--model).
     data: an ImageFolder tree (DIR/train/<class>/, DIR/test/<class>/), or the data folder of a
@@ -69,6 +89,7 @@ def unlearn_model(
     that KGA's A_n trains on (D_n; the rest, D_t, is held out). retrain=True also trains A_r and reports
     against it (research mode); the default is a deletion request's mode: no retraining.
     """
+    config = _method_config(method, config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model, str | Path):
@@ -109,9 +130,9 @@ def unlearn_model(
     )
     accelerator = accelerator or accel.make_accelerator(None)
     run = open_run(cfg, accelerator)
-    names = ("Ad", "Af", "An", "Ar") if retrain else ("Ad", "Af", "An")
-    models = ensure_pretrained(run, accelerator, names=names)
-    job = Job("kga", config or UNLEARN_PRESETS["default"], [tuple(freeze)], [seed], retrain=retrain)
+    names = ("Ad", "Af", "An") if method == "kga" else ("Ad",)  # KGA's helpers
+    models = ensure_pretrained(run, accelerator, names=(*names, "Ar") if retrain else names)
+    job = Job(method, config, [tuple(freeze)], [seed], retrain=retrain)
     (record,) = run_job(run, models, job, accelerator)
     report(run, accelerator)
     star, _ = load_model(run_dir, Path(record["checkpoint"]).stem)

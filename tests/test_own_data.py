@@ -5,6 +5,7 @@ sizes), a forget list, --normalize, an end-to-end --no-retrain run, and each bad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -307,3 +308,27 @@ def test_python_api_example_on_your_model_and_folder(tmp_path):
     assert (
         record["retrain"] is False and len(json.loads((run_dir / "splits.json").read_text())["forget"]) == 5
     )
+
+
+@pytest.mark.slow
+def test_python_api_runs_any_trained_method_without_helpers(tmp_path):
+    """unlearn_model(method="ct"): the registry's method on the user's model and folder, with no
+    A_f / A_n trained (only KGA needs them); a method or config it cannot run is one UserError."""
+    from kga_fast import unlearn_model
+    from kga_fast.methods import BASELINE_PRESETS
+    from kga_fast.methods.kga import UnlearnConfig
+
+    tree, weights, forget = users_request(tmp_path, ["cat/000.png", "dog/001.jpg", "owl/002.png"])
+    common = dict(forget=forget, run_dir=tmp_path / "run", arch="resnet18", normalize="imagenet")
+    for method, config, message in [
+        ("retrain", None, "unknown method 'retrain'"),
+        ("ct", UnlearnConfig(), "takes a BaselineConfig"),
+        ("kga", BASELINE_PRESETS["ct"], "takes an UnlearnConfig"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            unlearn_model(weights, tree, method=method, config=config, **common)
+    cfg = dataclasses.replace(BASELINE_PRESETS["ct"], epochs=1, batch_size=8)
+    unlearned, record = unlearn_model(weights, tree, method="ct", config=cfg, **common)
+    assert record["method"] == "ct" and record["config"]["schedule"] == "cosine"
+    assert not (tmp_path / "run" / "models" / "Af.json").exists()
+    assert isinstance(unlearned, tvm.ResNet)
