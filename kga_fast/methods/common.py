@@ -1,6 +1,7 @@
-"""What every unlearning method shares: what it reads (UnlearnData, MethodData), what it returns
-(UnlearnResult), how it starts (start_from_ad), its seeds and endless batch streams, and the
-training time of a pretrained model (A_r's is retraining's cost; A_f's and A_n's are KGA's)."""
+"""What every unlearning method shares: its registry entry (Method), what it reads (UnlearnData,
+MethodData), what it returns (UnlearnResult), how it starts (start_from_ad), its seeds and
+endless batch streams, and the training time of a pretrained model (A_r's is retraining's cost;
+A_f's and A_n's are KGA's)."""
 
 from __future__ import annotations
 
