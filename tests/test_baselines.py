@@ -292,6 +292,8 @@ def test_learning_rate_schedules():
     assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 5, 10) == pytest.approx(0.5)
     assert lr_factor("cosine", 9, 10) == pytest.approx(0.0245, abs=1e-4)
     assert [lr_factor("triangle", t, 4) for t in range(4)] == [0.5, 1.0, 1.0, 0.5]
+    assert [lr_factor("triangle", t, 3) for t in range(3)] == pytest.approx([2 / 3, 1.0, 2 / 3])
+    assert lr_factor("triangle", 0, 1) == 1.0
 
 
 def test_a_config_key_holds_the_common_fields_and_the_methods_own():

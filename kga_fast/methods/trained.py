@@ -190,7 +190,7 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * step / total))
     if schedule == "triangle":
         half = total / 2
-        return min((step + 1) / half, (total - step) / half)
+        return min(1.0, (step + 1) / half, (total - step) / half)  # at most the peak (odd totals)
     return 1.0
 
 
