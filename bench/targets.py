@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kga_fast.methods import METHODS  # noqa: E402
+from kga_fast.methods_report import ATTACKS  # noqa: E402
 
-ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
 SLACK = 0.005  # accuracy
 JSD_RATIO = 1.25  # x the floor
 ATTACK_WIDEN = 0.10  # of |A_d - pool mean|
