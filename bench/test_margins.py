@@ -25,6 +25,7 @@ import test_baselines as T  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from kga_fast.methods import BASELINE_PRESETS, unlearn_baseline  # noqa: E402
+from kga_fast.methods.fcs import uniform_kl  # noqa: E402
 
 SETTINGS = [  # (method, the test's overrides, what else the test compares)
     ("gradient_ascent", dict(lr=0.05, epochs=3), "forget CE - A_d's (> 1)"),
@@ -35,6 +36,11 @@ SETTINGS = [  # (method, the test's overrides, what else the test compares)
     ("neggrad_plus", dict(lr=0.02, epochs=4, retain_weight=0.8), ""),
     ("ct", dict(lr=0.05, epochs=8), ""),
     ("msg", dict(lr=0.05, epochs=8), "forget CE - A_d's (> 0)"),
+    (
+        "fcs",
+        dict(lr=0.05, forget_lr=0.01, epochs=4),
+        "KL(U || A*) on D_f over A_d's and over D_r's: the larger (< 0.75)",
+    ),
 ]
 
 
@@ -61,6 +67,12 @@ def main() -> None:
                 ).item()
 
             return kl(f) / kl(r)
+        if method == "fcs":
+            to_uniform = uniform_kl(T.logits(out, f)).item()
+            return max(
+                to_uniform / uniform_kl(T.logits(ad, f)).item(),
+                to_uniform / uniform_kl(T.logits(out, r)).item(),
+            )
         return None
 
     print(

@@ -39,6 +39,8 @@ GRID: dict[str, list[dict]] = {
     "neggrad_plus": [dict(lr=lr, epochs=2, retain_weight=a) for lr in (0.003, 0.01) for a in (0.95, 0.99)],
     "ct": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (2, 4)],
     "msg": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (2, 4)],
+    # FCS: the repair's step and the epochs (its preset's 8 cost about 2x a retrain).
+    "fcs": [dict(lr=lr, epochs=e) for lr in (0.004, 0.01) for e in (2, 4)],
 }
 TUNED_FILE = "tuned.json"
 

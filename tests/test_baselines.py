@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from kga_fast.freeze import apply_freeze
 from kga_fast.methods import BASELINE_PRESETS, MethodData, baseline_config_key, msg, unlearn_baseline
 from kga_fast.methods.common import stream_seed
 from kga_fast.methods.ct import transpose_kernels
+from kga_fast.methods.fcs import contrast, uniform_kl
 from kga_fast.methods.retrain import retrain
 from kga_fast.methods.salun import saliency_mask
 from kga_fast.methods.trained import Setup, loss_gradient, lr_factor
@@ -241,6 +243,37 @@ def test_msg_refits_retain_and_drifts_from_the_forgotten_class(task, acc):
     assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)
 
 
+@pytest.mark.numerics
+def test_fcs_pulls_forget_outputs_to_uniform_and_keeps_retain(task, acc):
+    models, data = task
+    # A whole class forgotten: FCS keeps its argmax (D_f accuracy stays 1.0 on this task; it was
+    # made for random forgetting), but D_f's outputs go towards uniform, far more than D_r's.
+    # The larger of the two ratios below is 0.45-0.56 for seeds 0-4 (bench/test_margins.py).
+    result = run(task, acc, "fcs", lr=0.05, forget_lr=0.01, epochs=4)
+    out = result.model
+    kl_forget = uniform_kl(logits(out, data.forget)).item()
+    assert kl_forget < 0.75 * uniform_kl(logits(models["Ad"], data.forget)).item()
+    assert kl_forget < 0.75 * uniform_kl(logits(out, data.retain)).item()
+    assert accuracy(out, data.retain, data.retain_labels) > 0.9
+    assert [len(result.losses[n]) for n in ("uniform", "contrast", "retain")] == [1, 4, 4]
+    assert result.losses["contrast"][-1] < result.losses["contrast"][0]
+
+
+def test_fcs_losses_match_their_definitions():
+    g = torch.Generator().manual_seed(0)
+    f, r, t = torch.randn(3, 4, generator=g), torch.randn(5, 4, generator=g), 1.15
+    assert uniform_kl(torch.zeros(3, 4)).item() == pytest.approx(0.0, abs=1e-7)
+    p = f.softmax(1)
+    direct = sum(0.25 * (math.log(0.25) - math.log(p[i, k])) for i in range(3) for k in range(4)) / 3
+    assert uniform_kl(f).item() == pytest.approx(direct, rel=1e-5)
+    total = 0.0
+    for i in range(3):  # -log of each retain image's share of forget image i's similarities
+        s = [float(f[i] @ r[j]) / t for j in range(5)]
+        z = math.log(sum(math.exp(v) for v in s))
+        total += sum(z - v for v in s)
+    assert contrast(f, r, t).item() == pytest.approx(total / 15, rel=1e-5)
+
+
 def test_ct_transposes_the_trainable_kernels_only(task):
     models, _ = task
     net = copy.deepcopy(models["Ad"]).requires_grad_(True)
@@ -313,7 +346,8 @@ def test_frozen_blocks_are_bitwise_unchanged(task, acc):
         assert same == name.startswith(("stem.", "blocks.0.")), name
 
 
-@pytest.mark.parametrize("method", ["random_label", "ct"])  # ct: a cosine schedule continues
+# ct: a cosine schedule continues; fcs: three optimizers, each with its own steps and schedule
+@pytest.mark.parametrize("method", ["random_label", "ct", "fcs"])
 def test_resume_after_interruption_is_exact(task, acc, monkeypatch, tmp_path, method):
     models, data = task
     cfg = dataclasses.replace(BASELINE_PRESETS[method], batch_size=32, epochs=2)
@@ -434,11 +468,14 @@ def test_report_names_match_the_methods():
     assert methods_report.METHOD_ORDER == tuple(B.METHODS)
 
 
-DDP_METHODS = {  # msg: a gradient summed over processes; neggrad_plus: two streams per step
+# msg: a gradient summed over processes; neggrad_plus: two streams per step; fcs: retain logits
+# gathered from every process
+DDP_METHODS = {
     "random_label": dict(lr=0.05, epochs=2),
     "msg": dict(lr=0.05, epochs=2),
     "neggrad_plus": dict(lr=0.02, epochs=2),
     "scrub": dict(lr=0.002, epochs=2, max_epochs=1, forget_batch_size=8),
+    "fcs": dict(lr=0.05, forget_lr=0.01, epochs=2),
 }
 
 

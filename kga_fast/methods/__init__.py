@@ -6,7 +6,7 @@ API, compare.py and the report read.
 
 - kga (kga.py, kga_stopping.py, kga_cache.py): the paper's method.
 - retrain: A_r itself. The others train A* through one loop (trained.py): finetune,
-  gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg.
+  gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg, fcs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from kga_fast.errors import UserError
 from kga_fast.methods import (
     ct,
+    fcs,
     finetune,
     gradient_ascent,
     kga,
@@ -44,6 +45,7 @@ METHODS: dict[str, Method] = {
         neggrad_plus.METHOD,
         ct.METHOD,
         msg.METHOD,
+        fcs.METHOD,
     )
 }
 TRAINED = tuple(name for name, m in METHODS.items() if m.setup is not None)  # trained.py's loop

@@ -1,5 +1,5 @@
 """The training loop that every baseline shares (finetune, gradient_ascent, random_label, salun,
-scrub, neggrad_plus, ct, msg): one config dataclass, the same freezing, device-resident batches,
+scrub, neggrad_plus, ct, msg, fcs): one config dataclass, the same freezing, device-resident batches,
 DDP, resume, timing and result type as KGA (kga_fast.methods.common.UnlearnResult).
 
     result = unlearn_baseline(models, data, BASELINE_PRESETS["scrub"], freeze=(1, 2), seed=0,
@@ -11,7 +11,8 @@ A_d's values. Setup runs on the fresh copy of A_d before any resume (a damaged s
 mask from A_d's gradient, the teacher's cached outputs) and its time counts as the method's
 caching time. Every pass steps SGD with momentum once per batch; the learning rate follows
 `schedule` over all the run's steps (computed from the step number, so a resumed run continues
-it exactly).
+it exactly). A method whose passes each have their own SGD (FCS) names them in
+`Training.optimizers`: each steps, and follows its schedule, over its own passes' steps.
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ class BaselineConfig:
     schedule: str = "constant"  # constant | cosine (to 0) | triangle (up to lr at mid-run, down to 0)
     forget_batch_size: int = 32  # SCRUB: global D_f batch of the max-steps
     max_epochs: int = 2  # SCRUB: epochs that begin with a max-pass over D_f ("msteps")
-    temperature: float = 4.0  # SCRUB: distillation temperature ("kd_T")
+    temperature: float = 4.0  # SCRUB: distillation temperature ("kd_T"); FCS: the contrast's
     alpha: float = 0.001  # SCRUB: weight of the KL on D_r in the min-steps
     gamma: float = 0.99  # SCRUB: weight of the cross-entropy on D_r in the min-steps
     saliency: float = 0.5  # SalUn: share of the trainable weights its mask lets train
     retain_weight: float = 0.95  # NegGrad+: alpha in alpha * CE(D_r) - (1 - alpha) * CE(D_f)
     reset_share: float = 0.3  # MSG: share of each conv layer's weights re-initialized
     kept_grad_scale: float = 0.1  # MSG: gradient scale of the conv weights not re-initialized
+    uniform_lr: float = 0.005  # FCS: learning rate of its first pass (D_f's outputs to uniform)
+    forget_lr: float = 3e-4  # FCS: peak learning rate of its contrast passes (cosine)
 
 
 # The fields every trained method reads; the others are named by the method that reads them.
@@ -74,6 +77,7 @@ class Pass:
     loaders: tuple[DeviceLoader, ...]
     loss: Callable[..., torch.Tensor]
     epochs: int | None = None  # the first `epochs` epochs run it (None: every epoch)
+    optimizer: str = "main"  # which SGD steps it: "main" (the config's) or one of Training.optimizers
 
 
 @dataclass
@@ -84,6 +88,8 @@ class Training:
     grad_scale: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)  # grad *= scale
     pinned: dict[torch.nn.Parameter, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     # pinned: param -> (bool where it trains, A_d's values kept elsewhere after every step)
+    optimizers: dict[str, dict] = field(default_factory=dict)
+    # optimizers: name -> overrides of the config's lr, weight_decay, schedule for an SGD of its own
 
 
 @dataclass
@@ -170,7 +176,7 @@ def check_values(cfg: BaselineConfig) -> BaselineConfig:
     check_baseline_config); returns cfg."""
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    for name in ("lr", "batch_size", "epochs", "forget_batch_size", "temperature"):
+    for name in ("lr", "batch_size", "epochs", "forget_batch_size", "temperature", "uniform_lr", "forget_lr"):
         if not getattr(cfg, name) > 0:
             raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(cfg, name)}")
     for name in ("saliency", "reset_share"):
@@ -228,8 +234,17 @@ def train(
     training = setup(ctx)  # on A_d's copy, before any resume: the same on every rerun
     accel.synchronize(accelerator)
     cache_seconds = time.perf_counter() - t0  # counted in the unlearning time
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    student, optimizer = accelerator.prepare(raw, optimizer)
+    main = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule)
+    specs = {"main": main} | {name: main | over for name, over in training.optimizers.items()}
+    used = list(dict.fromkeys(p.optimizer for p in training.passes))  # in the order of first use
+    sgd = [
+        torch.optim.SGD(
+            params, lr=specs[n]["lr"], momentum=cfg.momentum, weight_decay=specs[n]["weight_decay"]
+        )
+        for n in used
+    ]
+    student, *sgd = accelerator.prepare(raw, *sgd)
+    optimizers = dict(zip(used, sgd, strict=True))
     key = key | {
         "freeze": list(freeze),
         "seed": seed,
@@ -241,22 +256,26 @@ def train(
     def runs(p: Pass, epoch: int) -> bool:
         return p.epochs is None or epoch < p.epochs
 
-    def steps_in(epoch: int) -> int:
-        return sum(len(p.loaders[0]) for p in training.passes if runs(p, epoch))
+    def steps_in(epoch: int, name: str | None = None) -> int:
+        """The optimizer steps of `epoch`: of every pass, or of the passes optimizer `name` steps."""
+        return sum(
+            len(p.loaders[0]) for p in training.passes if runs(p, epoch) and name in (None, p.optimizer)
+        )
 
-    total_steps = sum(steps_in(e) for e in range(cfg.epochs))
+    total_steps = {n: sum(steps_in(e, n) for e in range(cfg.epochs)) for n in used}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with accelerator.autocast():
             return student(x).float()  # (B, K)
 
     def run_pass(p: Pass, epoch: int, step: int, bar) -> int:
-        """One pass, an optimizer step per batch from global step `step`; records the pass's mean
-        loss and returns the next step."""
+        """One pass, a step of its optimizer per batch from that optimizer's step `step`; records
+        the pass's mean loss and returns the optimizer's next step."""
+        optimizer, spec = optimizers[p.optimizer], specs[p.optimizer]
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for batches in _batches(p, epoch):
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total_steps)
+                group["lr"] = spec["lr"] * lr_factor(spec["schedule"], step, total_steps[p.optimizer])
             loss = p.loss(forward, *batches)
             accelerator.backward(loss)
             for param, scale in training.grad_scale.items():
@@ -278,9 +297,9 @@ def train(
         progress = accel.resume(accelerator, state_dir, key) or progress
         start_epoch, losses = progress["epoch"], progress["losses"]
         seconds = progress["seconds"] + cache_seconds
-        step = sum(steps_in(e) for e in range(start_epoch))
+        step = {n: sum(steps_in(e, n) for e in range(start_epoch)) for n in used}
         bar = tqdm(
-            total=total_steps - step,
+            total=sum(steps_in(e) for e in range(start_epoch, cfg.epochs)),
             desc=desc or cfg.method,
             leave=False,
             disable=not accelerator.is_local_main_process,
@@ -292,7 +311,7 @@ def train(
             torch.manual_seed(stream_seed(seed, 3 + epoch) + accelerator.process_index)
             for p in training.passes:
                 if runs(p, epoch):
-                    step = run_pass(p, epoch, step, bar)
+                    step[p.optimizer] = run_pass(p, epoch, step[p.optimizer], bar)
             accel.synchronize(accelerator)
             seconds += time.perf_counter() - t0
             if state_dir is not None and epoch + 1 < cfg.epochs:
