@@ -25,19 +25,32 @@ def make_accelerator(mixed_precision: str | None = None) -> Accelerator:
     Without a GPU we ask for the CPU explicitly: only then does Accelerate turn a torchrun
     launch with several processes into DDP over gloo (MULTI_CPU).
 
-    The process group is destroyed at exit, while the interpreter is still whole: a gloo group
-    left to the interpreter's teardown sometimes aborts the process ("terminate called without
-    an active exception", SIGABRT) after its work is done (pytorch/pytorch#190489; it failed a
-    CI run here). Whoever builds an Accelerator without this function calls `end_training`.
+    At exit, `shutdown` releases the process group while the interpreter is still whole.
+    Whoever builds an Accelerator without this function calls `shutdown` itself.
     """
     cpu = not torch.cuda.is_available()
     if cpu and mixed_precision == "fp16":
         raise UserError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on the CPU")
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
-    atexit.register(accelerator.end_training)
+    atexit.register(shutdown, accelerator)
     if cpu:
         _cpu_threads(accelerator)
     return accelerator
+
+
+def shutdown(accelerator: Accelerator) -> None:
+    """Drop the accelerator's prepared models and optimizers, then destroy the process group.
+
+    A gloo group whose C++ object outlives the interpreter's teardown sometimes aborts the
+    process after its work is done ("terminate called without an active exception", SIGABRT;
+    pytorch/pytorch#190489; it failed CI runs here): a gloo worker thread releases the last
+    collective's tensors while the interpreter finalizes. destroy_process_group alone does not
+    free the group while a DDP wrapper still holds it; with no wrapper left it is freed at once
+    and its threads are joined. So nothing of a caller may keep a prepared model past this call
+    (the test workers check that no gloo thread is left).
+    """
+    accelerator.free_memory()  # and a garbage collection: wrappers in reference cycles go too
+    accelerator.end_training()
 
 
 def _cpu_threads(accelerator: Accelerator) -> None:

@@ -3,19 +3,24 @@
     torchrun --nproc_per_node 2 tests/ddp_predict_worker.py OUT.pt N BATCH
 
 Every rank saves what predict() returned to OUT.pt.rank<r>; the model and images are made from
-fixed seeds, so the test rebuilds them and compares.
+fixed seeds, so the test rebuilds them and compares. After kga_fast.accel.shutdown each rank
+writes the gloo threads it still has to OUT.pt.rank<r>.threads (none, or teardown can abort).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from gloo_threads import gloo_threads  # noqa: E402
 
+from kga_fast import accel  # noqa: E402
 from kga_fast.evaluate import predict  # noqa: E402
 
 
@@ -37,9 +42,8 @@ def make_case(n: int) -> tuple[torch.nn.Module, torch.Tensor]:
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
-if __name__ == "__main__":
-    out, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    accelerator = Accelerator(cpu=True)
+
+def main(accelerator: Accelerator, out: str, n: int, batch: int) -> None:
     model, images = make_case(n)
     model = accelerator.prepare(model)  # DDP-wrapped: predict must unwrap it
     logits = predict(model, images, mean=MEAN, std=STD, accelerator=accelerator, batch_size=batch)
@@ -47,4 +51,11 @@ if __name__ == "__main__":
         {"world": accelerator.num_processes, "logits": logits},
         f"{out}.rank{accelerator.process_index}",
     )
-    accelerator.end_training()  # destroys the gloo group before the interpreter's teardown
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    accelerator = Accelerator(cpu=True)
+    main(accelerator, out, int(sys.argv[2]), int(sys.argv[3]))
+    accel.shutdown(accelerator)
+    Path(f"{out}.rank{accelerator.process_index}.threads").write_text(json.dumps(gloo_threads()))

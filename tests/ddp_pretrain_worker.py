@@ -14,6 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gloo_threads import gloo_threads  # noqa: E402
+
 from kga_fast import accel  # noqa: E402
 from kga_fast.config import PRETRAIN_PRESETS, RunConfig  # noqa: E402
 from kga_fast.pretrain import train_model  # noqa: E402
@@ -25,6 +27,7 @@ def record_teardown(out: Path) -> None:
     if out.exists():
         result = json.loads(out.read_text())
         result["group_destroyed_at_exit"] = not torch.distributed.is_initialized()
+        result["gloo_threads_at_exit"] = gloo_threads()
         out.write_text(json.dumps(result))
 
 

@@ -5,21 +5,26 @@
 
 ARCH is resnet18 or "plain" (a small CNN without BatchNorm or dropout). Models and data come
 from fixed seeds; the main process saves the unlearned model's state, its per-epoch losses and
-the logits of A_d and A* on held-out images, for the test to compare.
+the logits of A_d and A* on held-out images, for the test to compare. After
+kga_fast.accel.shutdown each rank writes the gloo threads it still has to OUT.rank<r>.threads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from gloo_threads import gloo_threads  # noqa: E402
 from torch import nn  # noqa: E402
 
+from kga_fast import accel  # noqa: E402
 from kga_fast.data import normalize  # noqa: E402
 from kga_fast.evaluate import predict  # noqa: E402
 from kga_fast.methods.kga import UnlearnConfig, UnlearnData, unlearn  # noqa: E402
@@ -69,10 +74,8 @@ def make_case(arch: str) -> tuple[dict, UnlearnData, torch.Tensor]:
     return {name: build() for name in ("Ad", "Af", "An")}, data, held_out
 
 
-if __name__ == "__main__":
-    out, arch, spec = sys.argv[1], sys.argv[2], sys.argv[3]
+def main(accelerator: Accelerator, out: str, arch: str, spec: str) -> None:
     freeze = tuple(int(b) for b in spec.split(",") if b != "0")
-    accelerator = Accelerator(cpu=True)
     models, data, held_out = make_case(arch)
     # The plain CNN's outputs are near uniform, so its gradients are small: a larger step.
     cfg = dataclasses.replace(CONFIG, lr=2.0) if arch == "plain" else CONFIG
@@ -91,4 +94,11 @@ if __name__ == "__main__":
             out,
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()  # destroys the gloo group before the interpreter's teardown
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    accelerator = Accelerator(cpu=True)
+    main(accelerator, out, sys.argv[2], sys.argv[3])
+    accel.shutdown(accelerator)
+    Path(f"{out}.rank{accelerator.process_index}.threads").write_text(json.dumps(gloo_threads()))

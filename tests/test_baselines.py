@@ -520,6 +520,8 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = torch.load(tmp_path / "two.pt")
+    for rank in (0, 1):  # the group freed, its threads joined (kga_fast.accel.shutdown)
+        assert json.loads(Path(f"{tmp_path / 'two.pt'}.rank{rank}.threads").read_text()) == []
     for method, (state, losses) in one.items():
         before = ad.state_dict()
         assert any(not torch.allclose(v, before[k]) for k, v in state.items())  # it trained
@@ -529,9 +531,16 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
             assert two[method][1][name] == pytest.approx(values, rel=1e-4, abs=1e-7)
 
 
-if __name__ == "__main__":  # the worker of the test above, under torchrun
-    acc = Accelerator(cpu=True)
-    result = ddp_case(torch.load(sys.argv[1]), acc)
+def ddp_worker(acc: Accelerator, ad_file: str, out: str) -> None:
+    result = ddp_case(torch.load(ad_file), acc)
     if acc.is_main_process:
-        torch.save(result, sys.argv[2])
-    acc.end_training()  # destroys the gloo group before the interpreter's teardown
+        torch.save(result, out)
+
+
+if __name__ == "__main__":  # the worker of the test above, under torchrun
+    from gloo_threads import gloo_threads
+
+    acc = Accelerator(cpu=True)
+    ddp_worker(acc, sys.argv[1], sys.argv[2])
+    accel.shutdown(acc)
+    Path(f"{sys.argv[2]}.rank{acc.process_index}.threads").write_text(json.dumps(gloo_threads()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -135,3 +136,5 @@ def test_predict_gathers_two_cpu_processes_without_duplicates(tmp_path):
         assert saved["world"] == 2
         assert saved["logits"].shape == (n, 5)  # every sample once, the padding dropped
         torch.testing.assert_close(saved["logits"], single, rtol=1e-5, atol=1e-5)
+        # The group was freed, its threads joined: none is left to abort the teardown.
+        assert json.loads(Path(f"{out}.rank{rank}.threads").read_text()) == []

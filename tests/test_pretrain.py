@@ -91,6 +91,7 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["distributed"]
     assert result["group_destroyed_at_exit"]  # no gloo teardown abort at exit
+    assert result["gloo_threads_at_exit"] == []  # the group freed, its threads joined
     (s0, q0), (s1, q1) = result["checksums"]
     assert s0 == s1 and q0 == q1
     assert (tmp_path / "run" / "models" / "Ad.safetensors").exists()

@@ -15,6 +15,7 @@ large as the unlearning update itself; larger per-process batches make it smalle
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def run(out: Path, arch: str, freeze: str, processes: int) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(out)
     assert saved["world"] == processes
+    for rank in range(processes):  # the group freed, its threads joined (kga_fast.accel.shutdown)
+        assert json.loads(Path(f"{out}.rank{rank}.threads").read_text()) == []
     return saved
 
 
