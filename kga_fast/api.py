@@ -5,6 +5,9 @@
                                       run_dir="runs/request-42", normalize="imagenet")
     unlearned, record = unlearn_model(..., method="ct")   # any method of kga_fast.methods
 
+The default method is "recommended" (kga_fast.methods.RECOMMENDED): the method and setting that
+met the most targets against a pool of retrains, with the measurement that chose it named there.
+
 `unlearned` is a torchvision module of your model's architecture and key names (load it as you
 loaded yours); `record` is the run's results.json record (evaluation, attacks, time, memory).
 Everything is kept in `run_dir` as a CLI run would keep it (splits.json, the helper models, the
@@ -24,7 +27,7 @@ from kga_fast import accel
 from kga_fast.checkpoint import load_model
 from kga_fast.config import NORMALIZATIONS, PRETRAIN_PRESETS, RunConfig
 from kga_fast.errors import UserError
-from kga_fast.methods import METHODS, check_baseline_config
+from kga_fast.methods import METHODS, check_baseline_config, resolve
 from kga_fast.methods.kga import UnlearnConfig
 from kga_fast.methods.trained import BaselineConfig
 from kga_fast.models import StagedNet, build_with_torchvision
@@ -44,19 +47,20 @@ def _arch_of(model: torch.nn.Module) -> str:
     raise UserError(f"cannot tell the architecture of a {type(model).__name__}: pass arch=")
 
 
-def _method_config(method: str, config):
-    """`config`, or the method's preset; UserError for a method or config that cannot run here."""
-    if method not in METHODS or METHODS[method].preset is None:
-        usable = ", ".join(m for m, spec in METHODS.items() if spec.preset is not None)
+def _method_config(method: str, config) -> tuple[str, object]:
+    """(method, config): "recommended" resolved, `config` or the method's preset; UserError for
+    a method or config that cannot run here."""
+    if method != "recommended" and (method not in METHODS or METHODS[method].preset is None):
+        usable = ", ".join(["recommended", *(m for m, spec in METHODS.items() if spec.preset is not None)])
         raise UserError(f"unknown method {method!r} for unlearn_model; choose one of {usable}")
-    config = config or METHODS[method].preset
+    method, config = resolve(method, config)
     if method == "kga":
         if not isinstance(config, UnlearnConfig):
             raise UserError("method kga takes an UnlearnConfig")
-        return config
+        return method, config
     if not isinstance(config, BaselineConfig) or config.method != method:
         raise UserError(f"method {method} takes a BaselineConfig with method={method!r}")
-    return check_baseline_config(config)
+    return method, check_baseline_config(config)
 
 
 def unlearn_model(
@@ -65,7 +69,7 @@ def unlearn_model(
     *,
     forget: list[str] | list[int] | str | Path,
     run_dir: str | Path,
-    method: str = "kga",
+    method: str = "recommended",
     config: UnlearnConfig | BaselineConfig | None = None,
     arch: str | None = None,
     freeze: tuple[int, ...] = (),
@@ -78,8 +82,9 @@ def unlearn_model(
     dataset: str = "folder",
     accelerator=None,
 ) -> tuple[torch.nn.Module, dict]:
-    """Unlearn `forget` from `model` with `method` (module doc): KGA, or any trained method of
-    kga_fast.methods.METHODS; `config` defaults to the method's preset.
+    """Unlearn `forget` from `model` with `method` (module doc): "recommended" (the default:
+    kga_fast.methods.RECOMMENDED, its method with its measured setting), KGA, or any trained
+    method of kga_fast.methods.METHODS; `config` defaults to the method's preset.
 
     model: a torchvision resnet18 / vgg11 module, a StagedNet, or a weights file (--model).
     data: an ImageFolder tree (DIR/train/<class>/, DIR/test/<class>/), or the data folder of a
@@ -89,7 +94,7 @@ def unlearn_model(
     that KGA's A_n trains on (D_n; the rest, D_t, is held out). retrain=True also trains A_r and reports
     against it (research mode); the default is a deletion request's mode: no retraining.
     """
-    config = _method_config(method, config)
+    method, config = _method_config(method, config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model, str | Path):

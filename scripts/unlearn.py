@@ -28,7 +28,7 @@ from kga_fast.config import QUICK_SUBSETS, add_run_args, run_config_from_args, s
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
-from kga_fast.methods import BASELINE_PRESETS, METHODS, check_baseline_config
+from kga_fast.methods import METHODS, RECOMMENDED, check_baseline_config, resolve
 from kga_fast.methods.kga import OPTIMIZERS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained, needed_models
@@ -69,9 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = parser.add_argument_group("unlearning")
     g.add_argument(
         "--method",
-        choices=list(METHODS),
+        choices=["recommended", *METHODS],
         default="kga",
-        help="; ".join(f"{name}: {m.help}" for name, m in METHODS.items()),
+        help="; ".join(
+            [f"recommended: {RECOMMENDED.describe()}", *(f"{name}: {m.help}" for name, m in METHODS.items())]
+        ),
     )
     g.add_argument(
         "--preset",
@@ -172,9 +174,10 @@ def unlearn_config(args: argparse.Namespace):
 
 
 def baseline_config(args: argparse.Namespace):
-    """A baseline's preset with the command line's overrides (the options it shares with KGA)."""
-    cfg = dataclasses.replace(BASELINE_PRESETS[args.method])
-    if not args.full:
+    """A trained method's preset with the command line's overrides (the options it shares with
+    KGA); the quick run caps a preset's epochs, not the recommended setting's (it was measured)."""
+    cfg = dataclasses.replace(resolve(args.method)[1])
+    if not args.full and args.method != "recommended":
         cfg.epochs = min(cfg.epochs, QUICK_EPOCHS)
     for name in ("lr", "momentum", "weight_decay", "batch_size", "epochs"):
         if getattr(args, name) is not None:
@@ -192,9 +195,11 @@ def main(argv=None) -> None:
         cfg = unlearn_config(args)
     else:  # retrain: A_r as it is, nothing to configure
         cfg = None if args.method == "retrain" else baseline_config(args)
-    job = Job(args.method, cfg, freezes, args.seeds, retrain=not args.no_retrain)
+    job = Job(resolve(args.method)[0], cfg, freezes, args.seeds, retrain=not args.no_retrain)
     accelerator = accel.make_accelerator(run_cfg.mixed_precision)
     run = open_run(run_cfg, accelerator)
+    if args.method == "recommended":
+        accelerator.print(f"--method recommended: {RECOMMENDED.describe()}")
     accelerator.print(f"{run.describe(accelerator)}; method {job.method}, preset {job.preset}")
     names = needed_models(run_cfg, retrain=job.retrain)
     models = ensure_pretrained(run, accelerator, allow_train=not args.no_pretrain, names=names)

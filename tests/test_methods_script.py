@@ -81,6 +81,30 @@ def test_forget_classes_scenario_through_the_command(tmp_path):
     assert other.returncode == 2 and "error:" in other.stderr
 
 
+def test_recommended_runs_its_method_with_the_measured_setting(tmp_path):
+    """--method recommended: RECOMMENDED's method at its setting (the quick run's cap of a
+    preset's epochs does not apply), the measurement named in --help and in the output; the
+    Python API's default is the same."""
+    import inspect
+
+    from kga_fast import api
+    from kga_fast.methods import RECOMMENDED, TRAINED, check_baseline_config
+
+    assert RECOMMENDED.method in TRAINED and check_baseline_config(RECOMMENDED.config)
+    assert inspect.signature(api.unlearn_model).parameters["method"].default == "recommended"
+    assert api._method_config("recommended", None) == (RECOMMENDED.method, RECOMMENDED.config)
+    help_text = subprocess.run([sys.executable, SCRIPT, "--help"], env=ENV, capture_output=True, text=True)
+    assert "recommended: " in help_text.stdout and "bench/RESULTS.md" in help_text.stdout
+    run_dir = seeded_run(tmp_path / "run")
+    out = unlearn(run_dir, "--method", "recommended", "--batch-size", "16", "--freeze", "1,2,3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"--method recommended: {RECOMMENDED.describe()}" in out.stdout
+    (record,) = json.loads((run_dir / "results.json").read_text())["runs"]
+    assert record["method"] == RECOMMENDED.method
+    expected = {**RECOMMENDED.overrides, "batch_size": 16}
+    assert {k: record["config"][k] for k in expected} == expected
+
+
 def test_options_a_method_does_not_use_are_refused(tmp_path):
     run_dir = seeded_run(tmp_path / "run")
     cases = {

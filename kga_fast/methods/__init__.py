@@ -7,11 +7,14 @@ API, compare.py and the report read.
 - kga (kga.py, kga_stopping.py, kga_cache.py): the paper's method.
 - retrain: A_r itself. The others train A* through one loop (trained.py): finetune,
   gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg, fcs.
+- RECOMMENDED: the method and setting that met the most targets in the comparison it names;
+  "recommended" is its name for --method and the Python API's default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from kga_fast.errors import UserError
@@ -50,6 +53,41 @@ METHODS: dict[str, Method] = {
 }
 TRAINED = tuple(name for name, m in METHODS.items() if m.setup is not None)  # trained.py's loop
 BASELINE_PRESETS = {name: METHODS[name].preset for name in TRAINED}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A trained method with the setting that a measurement chose, and where that measurement is."""
+
+    method: str
+    overrides: dict  # of the method's preset: the setting its tuning chose
+    chosen_by: str  # the measurement (bench/RESULTS.md section) that chose it
+
+    @property
+    def config(self) -> BaselineConfig:
+        return dataclasses.replace(BASELINE_PRESETS[self.method], **self.overrides)
+
+    def describe(self) -> str:
+        setting = ", ".join(f"{k} {v}" for k, v in self.overrides.items())
+        return f"{self.method} ({setting}), chosen by {self.chosen_by}"
+
+
+RECOMMENDED = Recommendation(
+    "msg",
+    {"lr": 0.01, "epochs": 4},
+    "bench/RESULTS.md, 'Every method against the targets (issue 17)': the most targets met on "
+    "the report splits of every setting measured",
+)
+
+
+def resolve(method: str, config=None) -> tuple[str, object]:
+    """(method, config): "recommended" becomes RECOMMENDED's method, and a missing config the
+    method's preset (RECOMMENDED's setting for "recommended")."""
+    if method == "recommended":
+        return RECOMMENDED.method, config or RECOMMENDED.config
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of recommended, {', '.join(METHODS)}")
+    return method, config or METHODS[method].preset
 
 
 def check_baseline_config(cfg: BaselineConfig) -> BaselineConfig:
