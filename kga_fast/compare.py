@@ -15,6 +15,7 @@ it.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from kga_fast.errors import UserError
 from kga_fast.files import write_json_atomic
@@ -24,11 +25,18 @@ from kga_fast.pipeline import Job, run_job
 from kga_fast.results import POOL_KEY, load_results
 
 BUDGET = 4  # settings tried per method
+# A variant is a GRID name that runs a method with fixed overrides: KGA from CT's damaged start
+# (issue 17), tuned on its own budget of the gap rule's step sizes (a repair needs larger ones).
+VARIANTS = {"kga_ct": ("kga", {"start": "ct"})}
 # Each method's settings (overrides of its preset); KGA's are the candidates of bench/RESULTS.md.
 GRID: dict[str, list[dict]] = {
     "kga": [  # for a --helpers matched folder: its gaps are comparable (bench/RESULTS.md)
         dict(reduction="sorted", stop="gap", check_every=1, epochs=6, lr=lr)
         for lr in (1e-4, 3e-4, 3e-5, 1e-3)
+    ],
+    "kga_ct": [
+        dict(reduction="sorted", stop="gap", check_every=1, epochs=4, lr=lr)
+        for lr in (3e-4, 1e-3, 3e-3, 1e-4)
     ],
     "finetune": [dict(lr=lr, epochs=e) for lr in (0.01, 0.04) for e in (2, 4)],
     "gradient_ascent": [dict(lr=lr, epochs=2) for lr in (1e-4, 3e-4, 1e-3, 3e-3)],
@@ -45,10 +53,17 @@ GRID: dict[str, list[dict]] = {
 TUNED_FILE = "tuned.json"
 
 
-def config_for(method: str, overrides: dict):
-    """The method's preset with `overrides` (KGA: the default preset)."""
+def method_of(name: str) -> str:
+    """The method a GRID name runs (a variant's, or the name itself)."""
+    return VARIANTS.get(name, (name, {}))[0]
+
+
+def config_for(name: str, overrides: dict):
+    """The preset of a GRID name's method with the variant's and then `overrides` (KGA: the
+    default preset)."""
+    method, fixed = VARIANTS.get(name, (name, {}))
     base = UNLEARN_PRESETS["default"] if method == "kga" else BASELINE_PRESETS[method]
-    return dataclasses.replace(base, **overrides)
+    return dataclasses.replace(base, **(fixed | overrides))
 
 
 def score(record: dict, pool: dict | None = None) -> float:
@@ -74,14 +89,21 @@ def tune(
 ) -> dict:
     """Run the first `budget` settings of every method's GRID (the same count for each) on `run`
     with unlearning seed 0 and write <run>/tuned.json:
-    {"split_seed", "run_dir", "methods": {method: {"overrides", "score", "tried": [...]}}}."""
+    {"split_seed", "run_dir", "methods": {method: {"overrides", "score", "tried": [...]}}}.
+    The methods an existing tuned.json of the same split and budget holds that are not tuned
+    again are kept (a method added later is tuned alone)."""
     if not 1 <= budget <= min(len(GRID[m]) for m in methods):
         raise UserError(f"budget must be between 1 and {min(len(GRID[m]) for m in methods)}, got {budget}")
     out = {"split_seed": run.cfg.seed, "run_dir": str(run.cfg.run_dir), "budget": budget, "methods": {}}
+    path = run.cfg.run_dir / TUNED_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if (previous.get("split_seed"), previous.get("budget")) == (run.cfg.seed, budget):
+            out["methods"] = {m: v for m, v in previous["methods"].items() if m not in methods}
     for method in methods:
         tried = []
         for overrides in GRID[method][:budget]:
-            job = Job(method, config_for(method, overrides), [freeze], [0])
+            job = Job(method_of(method), config_for(method, overrides), [freeze], [0])
             (record,) = run_job(run, models, job, accelerator)
             pool = load_results(run.cfg.run_dir).get(POOL_KEY)
             tried.append({"overrides": overrides, "score": score(record, pool)})
@@ -104,5 +126,5 @@ def compare(
         )
     jobs = [Job("retrain"), Job("kga", UNLEARN_PRESETS["default"], [freeze], seeds)]
     for method, chosen in tuned["methods"].items():
-        jobs.append(Job(method, config_for(method, chosen["overrides"]), [freeze], seeds))
+        jobs.append(Job(method_of(method), config_for(method, chosen["overrides"]), [freeze], seeds))
     return [record for job in jobs for record in run_job(run, models, job, accelerator)]

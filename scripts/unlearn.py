@@ -29,7 +29,7 @@ from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
 from kga_fast.methods import METHODS, RECOMMENDED, check_baseline_config, resolve
-from kga_fast.methods.kga import OPTIMIZERS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
+from kga_fast.methods.kga import OPTIMIZERS, STARTS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
@@ -52,6 +52,7 @@ OVERRIDES = {
     "stop": str,
     "holdout": float,
     "check_every": int,
+    "start": str,
 }
 
 
@@ -89,7 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="freeze configurations, e.g. 0 1 1,2 1,2,3 (1-based blocks; 0: none)",
     )
     g.add_argument("--seeds", type=seed_list, default=[0], help="unlearning seeds, e.g. 0,1")
-    choices = {"optimizer": OPTIMIZERS, "direction": DIRECTIONS, "reduction": REDUCTIONS, "stop": STOPS}
+    choices = {
+        "optimizer": OPTIMIZERS,
+        "direction": DIRECTIONS,
+        "reduction": REDUCTIONS,
+        "stop": STOPS,
+        "start": STARTS,
+    }
     for name, kind in OVERRIDES.items():
         flag = "--retain-ratio" if name == "ratio" else "--" + name.replace("_", "-")
         g.add_argument(
@@ -136,6 +143,7 @@ KGA_ONLY = (
     "stop",
     "holdout",
     "check_every",
+    "start",
     "no_cache_teachers",
     "prefix_cache_gb",
     "compile",

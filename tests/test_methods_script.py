@@ -109,6 +109,7 @@ def test_options_a_method_does_not_use_are_refused(tmp_path):
     run_dir = seeded_run(tmp_path / "run")
     cases = {
         ("--method", "finetune", "--inner-steps", "3"): "--method finetune does not use --inner-steps",
+        ("--method", "msg", "--start", "ct"): "--method msg does not use --start",
         (
             "--method",
             "scrub",
@@ -172,3 +173,31 @@ def test_compare_tunes_on_one_split_and_reports_on_another(tmp_path):
     assert len([r for r in runs if r["method"] == "kga"]) == 2  # the default and the tuned one
     text = (report_dir / "report.md").read_text()
     assert "salun^(0)" in text and "time with helpers / retrain" in text
+
+
+def test_a_variant_runs_its_method_and_tuning_a_method_later_keeps_the_others(tmp_path, monkeypatch):
+    """compare.py's "kga_ct" is KGA with start="ct" (its records say so in "config"); tuning one
+    method into a folder that already has tuned.json (same split, same budget) adds it and keeps
+    the rest."""
+    import types
+
+    from kga_fast import compare as C
+    from kga_fast.methods.kga import UnlearnConfig, config_key
+
+    cfg = C.config_for("kga_ct", {"lr": 1e-3})
+    assert C.method_of("kga_ct") == "kga" and isinstance(cfg, UnlearnConfig)
+    assert (cfg.start, cfg.lr, config_key(cfg)["start"]) == ("ct", 1e-3, "ct")
+    assert "start" not in config_key(UnlearnConfig())  # records from before the field still match
+    jobs = []
+    monkeypatch.setattr(C, "run_job", lambda run, models, job, acc: jobs.append(job) or [{"eval": None}])
+    monkeypatch.setattr(C, "score", lambda record, pool: 0.5)
+    run = types.SimpleNamespace(cfg=types.SimpleNamespace(seed=0, run_dir=tmp_path))
+    acc = types.SimpleNamespace(print=lambda *a: None, is_main_process=True)
+    C.tune(run, {}, acc, methods=["finetune"], budget=2)
+    C.tune(run, {}, acc, methods=["kga_ct"], budget=2)
+    tuned = json.loads((tmp_path / C.TUNED_FILE).read_text())
+    assert list(tuned["methods"]) == ["finetune", "kga_ct"]
+    assert [j.method for j in jobs] == ["finetune", "finetune", "kga", "kga"]
+    assert all(j.cfg.start == "ct" for j in jobs[2:])
+    C.tune(run, {}, acc, methods=["ct"], budget=1)  # another budget: a fresh file
+    assert list(json.loads((tmp_path / C.TUNED_FILE).read_text())["methods"]) == ["ct"]

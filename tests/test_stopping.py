@@ -13,6 +13,7 @@ from test_unlearn import Recorder, make_data, make_models, small_cfg
 from torch import nn
 
 import kga_fast.methods.kga_stopping as S
+from kga_fast.errors import UserError
 from kga_fast.methods.kga import unlearn
 from kga_fast.methods.kga_stopping import GapStop, holdout_split
 
@@ -69,6 +70,27 @@ def test_toy_rule_stops_exactly_where_a_star_is_as_far_from_a_f_as_a_d_from_a_n(
     assert record["held_out_forget"] == 5
 
 
+def test_from_a_damaged_start_the_rule_stops_once_the_distance_comes_down_to_the_target():
+    """The toy above with A* starting far from A_f (t large, from_above): no stop while its
+    distance exceeds the target, a stop at the first check at or below it (t* = 1)."""
+    teachers = {"Af": Fixed([0.0, 0.0]), "An": Fixed([0.0, 0.0]), "Ad": Fixed([1.0, -1.0])}
+    images = torch.zeros(5, 1, 4, 4, dtype=torch.uint8)
+    rule = GapStop(
+        teachers,
+        images,
+        images,
+        mean=(0.5,),
+        std=(0.5,),
+        accelerator=None,
+        direction="student_first",
+        from_above=True,
+    )
+    for step, t in enumerate([3.0, 2.0, 1.01]):
+        assert not rule.reached(Fixed([t, -t]), step)
+    assert rule.reached(Fixed([0.99, -0.99]), 3)
+    assert rule.record(3)["from_above"] is True
+
+
 def test_holdout_split_is_seeded_disjoint_and_never_empty():
     kept, held = holdout_split(50, 0.2, seed=3)
     assert len(held) == 10 and sorted(kept.tolist() + held.tolist()) == list(range(50))
@@ -104,6 +126,34 @@ def test_unlearn_stops_at_the_first_check_that_reaches_the_target(acc, monkeypat
     assert max(int(i.max()) for i in rec.forget_idx) < 30
     assert max(int(i.max()) for i in rec.new_idx) >= 15
     assert result.stopping["held_out_forget"] == 10
+
+
+def test_kga_from_cts_damaged_start_transposes_then_stops_when_the_distance_falls(acc, monkeypatch):
+    """start="ct": A*'s trainable conv kernels begin transposed (an lr of 1e-12 leaves them so),
+    frozen blocks stay A_d's; with distances 0.5, 0.4, ... against a target of 0.25 the gap rule
+    stops at the first check at or below it (step 3, a check every step)."""
+    monkeypatch.setattr(S.GapStop, "distance", lambda self, student: 0.5 - 0.1 * len(self.checks))
+    original_init = S.GapStop.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.target = 0.25
+
+    monkeypatch.setattr(S.GapStop, "__init__", init)
+    models, data = make_models(), make_data(100, 40, 20)
+    cfg = small_cfg(epochs=2, lr=1e-12, stop="gap", check_every=1, start="ct")
+    result = unlearn(models, data, cfg, freeze=(1, 2, 3), seed=0, accelerator=acc)
+    assert result.stopping["stopped_at_step"] == 3 and result.stopping["from_above"] is True
+    before, after = models["Ad"].state_dict(), result.model.state_dict()
+    convs = [k for k, v in after.items() if v.dim() == 4]
+    for k in convs:
+        if k.startswith("blocks.3."):  # block 4 trains: its kernels transposed
+            torch.testing.assert_close(after[k], before[k].transpose(2, 3), rtol=0, atol=1e-9)
+        else:
+            assert torch.equal(after[k], before[k]), k
+    assert any(k.startswith("blocks.3.") for k in convs)
+    with pytest.raises(UserError, match="no trainable conv"):
+        unlearn(models, data, small_cfg(start="ct"), freeze=(1, 2, 3, 4), seed=0, accelerator=acc)
 
 
 def test_the_target_is_the_mean_gap_over_all_of_d_n(acc):

@@ -26,6 +26,10 @@ and backward. The uncached path runs them every step on the very same batches. L
 features of A*'s frozen prefix are computed once when they fit in `prefix_cache_gb`, so that a
 step runs only the trainable blocks (kga_fast.methods.kga_cache).
 
+A damaged start (`start="ct"`, issue 17): A* begins as A_d with every trainable conv kernel
+transposed (CT's damage, kga_fast.methods.ct); L_r (towards A_d on D_r) repairs it and L_a
+aligns its gap; the gap rule then stops once A*'s distance to A_f has come down to the target.
+
 Under DDP each process takes its rank's share of every batch (DistributedSampler order), so
 the processes together see the single-process batches and pairs; only the L_a backward of a
 step all-reduces. BatchNorm in train mode normalizes per process (no SyncBatchNorm on CPU).
@@ -47,12 +51,14 @@ from kga_fast.data import DeviceLoader
 from kga_fast.errors import UserError
 from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
 from kga_fast.methods.common import Method, UnlearnData, UnlearnResult, endless, start_from_ad, stream_seed
+from kga_fast.methods.ct import transpose_kernels
 from kga_fast.methods.kga_cache import PrefixCache, Teachers
 from kga_fast.methods.kga_stopping import GapStop, holdout_split
 from kga_fast.models import StagedNet
 
 OPTIMIZERS = ("adam", "sgd")
 STOPS = ("epochs", "gap")
+STARTS = ("ad", "ct")
 
 
 @dataclass
@@ -75,6 +81,7 @@ class UnlearnConfig:
     stop: str = "epochs"  # epochs: run them all | gap: stop once A*'s held-out gap meets D_n's (below)
     holdout: float = 0.2  # stop "gap": share of the D_f images kept out of L_a to check it on
     check_every: int = 4  # stop "gap": optimizer steps between checks
+    start: str = "ad"  # ad: A* starts as A_d | ct: as A_d with every trainable conv kernel transposed
     cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
     prefix_cache_gb: float = 4.0  # frozen-prefix features kept when they fit (0: never)
     compile: bool = False  # torch.compile the student
@@ -98,8 +105,12 @@ UNLEARN_PRESETS = {"default": DEFAULT, "paper": PAPER}
 
 
 def config_key(cfg: UnlearnConfig) -> dict:
-    """The fields that change the result: what results.json records as "config"."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    """The fields that change the result: what results.json records as "config". `start` is
+    left out at "ad": the records written before it existed started there, and still match."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    if key["start"] == "ad":
+        del key["start"]
+    return key
 
 
 def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
@@ -109,6 +120,7 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
         ("direction", DIRECTIONS),
         ("reduction", REDUCTIONS),
         ("stop", STOPS),
+        ("start", STARTS),
     ):
         if getattr(cfg, name) not in choices:
             raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")
@@ -186,6 +198,8 @@ def unlearn(
     steps_per_epoch = math.ceil(n_batches / cfg.inner_steps)
 
     raw = start_from_ad(models, freeze, accelerator)
+    if cfg.start == "ct" and transpose_kernels(raw) == 0:  # CT's damage, repaired by L_r and L_a
+        raise UserError("start ct: no trainable conv layer to transpose (every block frozen?)")
     optimizer = _make_optimizer(cfg, [p for p in raw.parameters() if p.requires_grad])
     student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
     key = config_key(cfg) | {
@@ -217,6 +231,7 @@ def unlearn(
                 direction=cfg.direction,
                 impl=cfg.impl,
                 checks=progress["checks"],
+                from_above=cfg.start != "ad",
             )
             if start_epoch == 0 and stopper.reached(student, 0):
                 stopped_at = 0

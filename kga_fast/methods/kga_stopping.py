@@ -8,7 +8,8 @@ share `holdout` of the D_f images that L_a aligns on, kept out of L_a (in eval m
 be used; the KL in the run's direction). Unlearning stops at the first check where that mean
 reaches the target, or after the configured epochs, whichever comes first. The held-out D_f
 images keep the rule honest: L_a could push the KL of the very images it sees past the target
-while the rest lag behind.
+while the rest lag behind. From a damaged start (`from_above`: A* begins far from A_f) the mean
+comes down instead, and the rule stops at the first check where it is at most the target.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class GapStop:
         direction: str,
         impl=None,
         checks=None,
+        from_above: bool = False,
     ):
         self.norm = {"mean": mean, "std": std, "accelerator": accelerator}
         self.images, self.direction, self.impl = held_forget, direction, impl
@@ -54,6 +56,7 @@ class GapStop:
         )
         self.target = float(gap.double().mean())
         self.checks: list[list[float]] = list(checks or [])
+        self.from_above = from_above
 
     def distance(self, student: torch.nn.Module) -> float:
         """Mean directed KL between A* and A_f over the held-out D_f images."""
@@ -64,13 +67,14 @@ class GapStop:
     def reached(self, student: torch.nn.Module, step: int) -> bool:
         kl = self.distance(student)
         self.checks.append([step, kl])
-        return kl >= self.target
+        return kl <= self.target if self.from_above else kl >= self.target
 
     def record(self, stopped_at: int | None) -> dict:
         """What results.json keeps as "stopping"."""
         return {
             "rule": "gap",
             "target": self.target,
+            "from_above": self.from_above,
             "held_out_forget": len(self.images),
             "stopped_at_step": stopped_at,
             "checks": self.checks,
