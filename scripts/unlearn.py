@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="kga",
         help="; ".join(
             [f"recommended: {RECOMMENDED.describe()}", *(f"{name}: {m.help}" for name, m in METHODS.items())]
-        ),
+        ).replace("%", "%%"),  # argparse formats help with %
     )
     g.add_argument(
         "--preset",
