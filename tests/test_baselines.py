@@ -246,9 +246,10 @@ def test_msg_refits_retain_and_drifts_from_the_forgotten_class(task, acc):
 @pytest.mark.numerics
 def test_fcs_pulls_forget_outputs_to_uniform_and_keeps_retain(task, acc):
     models, data = task
-    # A whole class forgotten: FCS keeps its argmax (D_f accuracy stays 1.0 on this task; it was
-    # made for random forgetting), but D_f's outputs go towards uniform, far more than D_r's.
-    # The larger of the two ratios below is 0.45-0.56 for seeds 0-4 (bench/test_margins.py).
+    # A whole class forgotten: FCS mostly keeps its argmax (D_f accuracy 0.5-1.0 over seeds 0-4;
+    # it was made for random forgetting), but D_f's outputs go towards uniform, far more than
+    # D_r's. The larger of the two ratios below is 0.39-0.56 for seeds 0-4 under AVX-512 and
+    # AVX2, 0.43-0.58 under SSE4.1 (bench/test_margins.py).
     result = run(task, acc, "fcs", lr=0.05, forget_lr=0.01, epochs=4)
     out = result.model
     kl_forget = uniform_kl(logits(out, data.forget)).item()
