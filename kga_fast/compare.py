@@ -53,6 +53,16 @@ GRID: dict[str, list[dict]] = {
 TUNED_FILE = "tuned.json"
 
 
+def read_tuned(path) -> dict:
+    """A tuned.json written by `tune`; UserError when it cannot be read as one."""
+    try:
+        tuned = json.loads(open(path).read())
+        tuned["split_seed"], tuned["methods"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read tuned settings from {path}: {e}") from None
+    return tuned
+
+
 def method_of(name: str) -> str:
     """The method a GRID name runs (a variant's, or the name itself)."""
     return VARIANTS.get(name, (name, {}))[0]
@@ -97,7 +107,7 @@ def tune(
     out = {"split_seed": run.cfg.seed, "run_dir": str(run.cfg.run_dir), "budget": budget, "methods": {}}
     path = run.cfg.run_dir / TUNED_FILE
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = read_tuned(path)
         if (previous.get("split_seed"), previous.get("budget")) == (run.cfg.seed, budget):
             out["methods"] = {m: v for m, v in previous["methods"].items() if m not in methods}
     for method in methods:

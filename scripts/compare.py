@@ -14,14 +14,13 @@ modes train missing models first and skip finished runs, so an interrupted compa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kga_fast import accel
-from kga_fast.compare import BUDGET, GRID, compare, tune
+from kga_fast.compare import BUDGET, GRID, compare, read_tuned, tune
 from kga_fast.config import add_run_args, run_config_from_args, seed_list, use_quick_subsets
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
@@ -46,15 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--budget", type=int, default=BUDGET, help=f"settings tried per method (default {BUDGET})"
     )
     return parser.parse_args(argv)
-
-
-def read_tuned(path: str) -> dict:
-    try:
-        tuned = json.loads(open(path).read())
-        tuned["split_seed"], tuned["methods"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read tuned settings from {path}: {e}") from None
-    return tuned
 
 
 @cli_main

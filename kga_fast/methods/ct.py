@@ -17,8 +17,9 @@ from kga_fast.methods.trained import BaselineConfig, Pass, Setup, Training, cros
 
 
 @torch.no_grad()
-def transpose_kernels(model: torch.nn.Module) -> int:
-    """Swap the spatial axes of every trainable Conv2d kernel in place; returns how many."""
+def transpose_kernels(model: torch.nn.Module, who: str = "ct") -> int:
+    """Swap the spatial axes of every trainable Conv2d kernel in place; returns how many.
+    UserError, naming `who` wants the damage, when there is none (every block frozen)."""
     count = 0
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
@@ -27,12 +28,13 @@ def transpose_kernels(model: torch.nn.Module) -> int:
                 raise UserError(f"ct transposes square kernels only, found {kh}x{kw}")
             m.weight.copy_(m.weight.transpose(2, 3).clone())
             count += 1
+    if count == 0:
+        raise UserError(f"{who}: no trainable conv layer to transpose (every block frozen?)")
     return count
 
 
 def setup(ctx: Setup) -> Training:
-    if transpose_kernels(ctx.model) == 0:
-        raise UserError("ct: no trainable conv layer to transpose (every block frozen?)")
+    transpose_kernels(ctx.model)
     return Training([Pass("loss", (ctx.retain_loader(0),), cross_entropy)])
 
 

@@ -198,8 +198,8 @@ def unlearn(
     steps_per_epoch = math.ceil(n_batches / cfg.inner_steps)
 
     raw = start_from_ad(models, freeze, accelerator)
-    if cfg.start == "ct" and transpose_kernels(raw) == 0:  # CT's damage, repaired by L_r and L_a
-        raise UserError("start ct: no trainable conv layer to transpose (every block frozen?)")
+    if cfg.start == "ct":  # CT's damage, repaired by L_r and L_a
+        transpose_kernels(raw, who="start ct")
     optimizer = _make_optimizer(cfg, [p for p in raw.parameters() if p.requires_grad])
     student, optimizer = accelerator.prepare(torch.compile(raw) if cfg.compile else raw, optimizer)
     key = config_key(cfg) | {
