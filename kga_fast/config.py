@@ -69,8 +69,8 @@ class RunConfig:
     new_fraction: float = 0.1  # share of the test set that is D_n (paper: 10%)
     train_subset: int | None = None  # use a seeded random subset of the train set of this size
     test_subset: int | None = None  # likewise for the test set
-    helpers: str = "disjoint"  # what A_f / A_n train on: disjoint | shared | matched (splits.py)
-    shared_fraction: float = 0.05  # helpers "shared": |S| as a share of the train set
+    helpers: str = "disjoint"  # what A_f / A_n train on: disjoint | shared | matched | common (splits.py)
+    shared_fraction: float = 0.05  # helpers "shared" / "common": |S| / |B| as a share of the train set
     mixed_precision: str | None = None  # no | fp16 | bf16 (None: accelerate's config / env)
     model: str | None = None  # your trained model's weights file, used as A_d (kga_fast.user_model)
     image_size: int = 32  # folder datasets: images are resized to this once
@@ -204,13 +204,13 @@ def add_run_args(parser: argparse.ArgumentParser, defaults: RunConfig | None = N
         default=d.helpers,
         help="what A_f and A_n train on: disjoint (D_f, D_n: the CNN paper), shared (D_f + S, "
         "D_n + S: the original KGA code), matched (|D_n| images of D_f, and D_n: one size, one "
-        "schedule)",
+        "schedule), common (as matched, both fine-tuned from one base A_b trained on a slice B of D_r)",
     )
     g.add_argument(
         "--shared-fraction",
         type=float,
         default=d.shared_fraction,
-        help="--helpers shared: size of the shared slice S of D_r, as a share of the train set",
+        help="--helpers shared / common: size of the slice S (B) of D_r, as a share of the train set",
     )
     g.add_argument(
         "--mixed-precision",

@@ -44,6 +44,7 @@ from kga_fast.pool import (
     pool_names,
     summarize_pool,
 )
+from kga_fast.pretrain import helper_names
 from kga_fast.report import format_table, write_report
 from kga_fast.results import append_result, find_result, load_results, write_pool
 from kga_fast.run import Run
@@ -171,7 +172,7 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     reference = ("Ad", "Ar", *pool[1:]) if job.retrain else ("Ad",)
     ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None
     pool_seconds = [_seconds_or_none(run_dir, m) for m in pool[1:]]
-    helpers = {m: _seconds_or_none(run_dir, m) for m in ("Af", "An")}
+    helpers = {m: _seconds_or_none(run_dir, m) for m in helper_names(run.splits.options.get("helpers"))}
     known = job.method == "kga" and None not in helpers.values()
     helper_total = sum(helpers.values()) if known else None  # KGA's cost beyond unlearning
     # Records judged against a pool are their own (never skipped for a record against A_r alone).

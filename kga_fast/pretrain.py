@@ -1,4 +1,5 @@
-"""Supervised pretraining of the four models of KGA: A_d (on D), A_f (D_f), A_n (D_n), A_r (D_r).
+"""Supervised pretraining of the four models of KGA: A_d (on D), A_f (D_f), A_n (D_n), A_r (D_r);
+with --helpers common, A_f and A_n are fine-tuned from a base A_b trained first (splits.py).
 
 One readable loop under Accelerate (DDP, mixed precision), on device-resident batches. Each
 model's state is saved after every epoch (at most every `save_every_seconds`, so that tiny splits
@@ -34,7 +35,18 @@ DESCRIPTION = {"Ad": "A_d on D", "Af": "A_f on D_f", "An": "A_n on D_n", "Ar": "
 HELPER_DESCRIPTION = {
     "shared": {"Af": "A_f on D_f + S", "An": "A_n on D_n + S"},
     "matched": {"Af": "A_f on |D_n| images of D_f"},
+    "common": {
+        "Ab": "A_b on B (a slice of D_r)",
+        "Af": "A_f: A_b fine-tuned on |D_n| images of D_f",
+        "An": "A_n: A_b fine-tuned on D_n",
+    },
 }
+BASE = "Ab"  # helpers "common": the base that A_f and A_n are fine-tuned from
+
+
+def helper_names(recipe: str) -> tuple[str, ...]:
+    """The models that KGA needs beyond A_d under a helper recipe: their training is its cost."""
+    return (BASE, "Af", "An") if recipe == "common" else ("Af", "An")
 
 
 def learning_rate(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -53,19 +65,38 @@ def needed_models(cfg, *, retrain: bool = True) -> tuple[str, ...]:
 
 
 def is_model_name(name: str) -> bool:
-    return name in MODEL_NAMES or pool_member(name) is not None
+    return name in MODEL_NAMES or name == BASE or pool_member(name) is not None
+
+
+def _base_weights(run: Run, name: str, accelerator: Accelerator) -> dict | None:
+    """Helpers "common": A_b's weights, where A_f and A_n start (A_b is trained first when
+    missing); None for every other model and recipe."""
+    recipe = run.splits.options.get("helpers")
+    if name == BASE and recipe != "common":
+        raise UserError(f"model {BASE} is the base of --helpers common; {run.cfg.run_dir} uses {recipe}")
+    if name not in ("Af", "An") or recipe != "common":
+        return None
+    if not has_model(run.cfg.run_dir, BASE):
+        train_model(run, BASE, accelerator)
+        accelerator.wait_for_everyone()
+    base, _ = load_model(run.cfg.run_dir, BASE, arch=run.cfg.arch, num_classes=run.num_classes)
+    return base.state_dict()
 
 
 def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     """Train model `name` on its split (resuming from saved state) and save it to the run folder.
-    A retrain pool's "Ar-<k>" (kga_fast.pool) trains as A_r does, with seed + k."""
+    A retrain pool's "Ar-<k>" (kga_fast.pool) trains as A_r does, with seed + k; under helpers
+    "common", A_f and A_n start from A_b's weights with a schedule of their own."""
     cfg, pre = run.cfg, run.cfg.pretrain
+    start_weights = _base_weights(run, name, accelerator)
     member = pool_member(name)
     trained_on = TRAINED_ON["Ar" if member is not None else name]
     seed = cfg.seed + (member or 0)
     images, labels = run.subset(*trained_on)
     set_seed(seed)  # the same initial weights for the four models (a pool member: its own)
     model = build_model(cfg.arch, run.num_classes, run.in_channels)
+    if start_weights is not None:
+        model.load_state_dict(start_weights)
     sync_bn = accel.is_distributed(accelerator) and accelerator.device.type == "cuda"
     if sync_bn:  # batch statistics over the global batch (SyncBatchNorm is GPU-only)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -164,6 +195,7 @@ def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
                 "epochs": epochs,
                 "config": dataclasses.asdict(pre),
                 "seed": seed,
+                **({"init": BASE} if start_weights is not None else {}),  # its own time excludes A_b's
                 "train_seconds": progress["seconds"],
                 "train_loss": progress["train_loss"],  # mean per epoch: what a tiny run can check
                 "test_accuracy": metrics["accuracy"],

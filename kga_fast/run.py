@@ -21,15 +21,17 @@ from kga_fast.results import load_results
 from kga_fast.splits import Splits, load_or_create_splits
 from kga_fast.user_model import load_user_model
 
-SUBSETS = ("forget", "retain", "new", "test", "helper_forget", "shared")
+SUBSETS = ("forget", "retain", "new", "test", "helper_forget", "shared", "base")
 IN_TEST_SET = ("new", "test")  # the others index the train set
 # Which model is trained on which subsets of the train (D) and test sets: helper_forget is
-# D_f or the part of it A_f trains on, shared the slice S of D_r (both per --helpers).
+# D_f or the part of it A_f trains on, shared the slice S of D_r, base the slice B of D_r that
+# the helpers' common base A_b trains on (all per --helpers).
 TRAINED_ON = {
     "Ad": ("forget", "retain"),
     "Af": ("helper_forget", "shared"),
     "An": ("new", "shared"),
     "Ar": ("retain",),
+    "Ab": ("base",),
 }
 
 

@@ -30,7 +30,12 @@ _TRAIN_SUBSET, _FORGET, _TEST_SUBSET, _NEW, _HELPERS = range(5)
 #   train set (the original KGA code's sample_ratio, 0.05 in its README);
 # - matched: A_f on a seeded subsample F of D_f of |D_n| images, so that A_f and A_n see sets
 #   of one size under one schedule; KGA then aligns on F, the images A_f was trained on.
-HELPER_RECIPES = ("disjoint", "shared", "matched")
+# - common: a base A_b trained on a seeded slice B of D_r (shared_fraction of the train set),
+#   then A_f fine-tuned from it on F (as matched) and A_n on D_n, for the same steps: the gap
+#   measures what each learned from its own images, not how well a model trained from scratch
+#   on a few hundred images generalizes (issue 17's variant a; the original code fine-tunes
+#   both from one pretrained DistilBERT).
+HELPER_RECIPES = ("disjoint", "shared", "matched", "common")
 
 
 @dataclass
@@ -46,9 +51,10 @@ class Splits:
     options: dict  # the split options that produced them, compared on reuse
     helper_forget: list[int] | None = None  # what A_f trains on from D_f (None: all of D_f)
     shared: list[int] = field(default_factory=list)  # S ⊂ D_r, in A_f's and A_n's sets
+    base: list[int] = field(default_factory=list)  # B ⊂ D_r, A_b's set (helpers "common")
 
 
-OPTIONAL = ("helper_forget", "shared")
+OPTIONAL = ("helper_forget", "shared", "base")
 RECORD_ONLY = (
     "forget_index_file",
     "forget_list",
@@ -145,10 +151,11 @@ def _check(splits: Splits, train_size: int, test_size: int) -> None:
         a, b = getattr(splits, part), getattr(splits, other)
         if not a or not b or set(a) & set(b) or min(a + b) < 0 or max(a + b) >= size:
             raise UserError(f"splits {part}/{other} are empty, overlap or leave 0..{size - 1}")
-    if not set(splits.helper_forget or []) <= set(splits.forget) or not set(splits.shared) <= set(
-        splits.retain
-    ):
-        raise UserError("splits: the helper models' sets must lie in D_f (helper_forget) and D_r (shared)")
+    in_retain = set(splits.shared) | set(splits.base)
+    if not set(splits.helper_forget or []) <= set(splits.forget) or not in_retain <= set(splits.retain):
+        raise UserError(
+            "splits: the helper models' sets must lie in D_f (helper_forget) and D_r (shared, base)"
+        )
 
 
 def _options(train_size: int, test_size: int, **given) -> dict:
@@ -185,26 +192,29 @@ def _options(train_size: int, test_size: int, **given) -> dict:
         # The normalization asked for (None: the dataset's): every model of a folder uses one.
         "normalize": [list(v) for v in given["normalize"]] if given.get("normalize") else None,
     }
-    if helpers == "shared":
+    if helpers in ("shared", "common"):
         options["shared_fraction"] = _fraction("shared_fraction", given.get("shared_fraction", 0.05))
     return options
 
 
 def _helper_sets(
     forget: np.ndarray, retain: np.ndarray, n_new: int, train_size: int, options: dict, seed: int
-) -> tuple[list[int] | None, list[int]]:
-    """(F, S) for the helper recipe in options (see HELPER_RECIPES): sorted train indices."""
+) -> tuple[list[int] | None, list[int], list[int]]:
+    """(F, S, B) for the helper recipe in options (see HELPER_RECIPES): sorted train indices."""
     rng = _rng(seed, _HELPERS)
-    if options["helpers"] == "matched":
+    recipe = options["helpers"]
+    helper_forget = None
+    if recipe in ("matched", "common"):
         if len(forget) < n_new:
-            raise UserError(f"helpers 'matched' needs |D_f| >= |D_n|, got {len(forget)} < {n_new}")
-        return np.sort(rng.choice(forget, n_new, replace=False)).tolist(), []
-    if options["helpers"] == "shared":
-        size = max(1, round(options["shared_fraction"] * train_size))
-        if size >= len(retain):
-            raise UserError(f"shared_fraction {options['shared_fraction']} takes all of D_r")
-        return None, np.sort(rng.choice(retain, size, replace=False)).tolist()
-    return None, []
+            raise UserError(f"helpers {recipe!r} needs |D_f| >= |D_n|, got {len(forget)} < {n_new}")
+        helper_forget = np.sort(rng.choice(forget, n_new, replace=False)).tolist()
+    if recipe not in ("shared", "common"):
+        return helper_forget, [], []
+    size = max(1, round(options["shared_fraction"] * train_size))
+    if size >= len(retain):
+        raise UserError(f"shared_fraction {options['shared_fraction']} takes all of D_r")
+    drawn = np.sort(rng.choice(retain, size, replace=False)).tolist()
+    return (helper_forget, drawn, []) if recipe == "shared" else (helper_forget, [], drawn)
 
 
 def _reuse(path: Path, dataset: str, seed: int, options: dict) -> Splits:
@@ -255,7 +265,7 @@ def load_or_create_splits(
     random subset of that size is drawn first and split within; indices always refer to the
     original sets. `forget_list` is a deletion request by file name (a folder dataset's
     `train_paths`, kga_fast.folder). `normalize` is only recorded. `helpers` chooses what A_f and A_n train on (HELPER_RECIPES; with "shared",
-    S is `shared_fraction` of the train set, drawn from D_r).
+    S is `shared_fraction` of the train set, drawn from D_r; with "common", so is A_b's B).
     """
     labels = np.asarray(train_labels.cpu() if isinstance(train_labels, torch.Tensor) else train_labels)
     options = _options(
@@ -289,7 +299,9 @@ def load_or_create_splits(
     forget, retain = _forget_retain(labels, options, seed, request)
     test_pool = _subset(test_size, options["test_subset"], "test_subset", _rng(seed, _TEST_SUBSET))
     new, test = _split(test_pool, options["new_fraction"], _rng(seed, _NEW), "new_fraction")
-    helper_forget, shared = _helper_sets(forget, retain, len(new), len(forget) + len(retain), options, seed)
+    helper_forget, shared, base = _helper_sets(
+        forget, retain, len(new), len(forget) + len(retain), options, seed
+    )
     splits = Splits(
         dataset,
         int(seed),
@@ -300,6 +312,7 @@ def load_or_create_splits(
         options,
         helper_forget,
         shared,
+        base,
     )
     _check(splits, len(labels), test_size)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ DDP with two CPU processes, and bad input."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,38 @@ def test_helper_recipes_train_a_f_and_a_n_on_their_sets(tmp_path, helpers):
     else:
         assert meta["Af"]["images"] == len(splits["forget"]) + len(splits["shared"])
         assert meta["An"]["images"] == len(splits["new"]) + len(splits["shared"])
+
+
+def test_common_helpers_are_fine_tuned_from_one_base_for_the_same_steps(tmp_path):
+    """common: A_b trains first on its slice B of D_r; A_f (on |D_n| images of D_f) and A_n (on
+    D_n) start from A_b's weights, not from the seed's, under one schedule of their own."""
+    common = ["--helpers", "common", "--shared-fraction", "0.1", "--pretrain-preset", "paper"]
+    pretrain(tmp_path, "--only", "Af,An", *common, "--pretrain-epochs", "1")
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    meta = {m: json.loads((tmp_path / "models" / f"{m}.json").read_text()) for m in ("Ab", "Af", "An")}
+    assert meta["Ab"]["images"] == len(splits["base"]) == round(0.1 * 512)
+    assert meta["Af"]["images"] == meta["An"]["images"] == len(splits["new"])
+    assert meta["Af"]["init"] == meta["An"]["init"] == "Ab" and "init" not in meta["Ab"]
+    assert meta["Af"]["epochs"] == meta["An"]["epochs"] and meta["Af"]["config"] == meta["An"]["config"]
+    # Where they start: a folder of the same split given another A_b (one of seed 7, far from
+    # seed 0's) fine-tunes its helpers from that one. One epoch at the paper's lr 1e-3 moves a
+    # model little, so they stay near it, far from the helpers that started from seed 0's A_b.
+    pretrain(tmp_path / "seed7", "--only", "Ab", "--seed", "7", *common, "--pretrain-epochs", "1")
+    (tmp_path / "swapped" / "models").mkdir(parents=True)
+    for suffix in ("json", "safetensors"):
+        shutil.copy(tmp_path / "seed7" / "models" / f"Ab.{suffix}", tmp_path / "swapped" / "models")
+    pretrain(tmp_path / "swapped", "--only", "Af,An", *common, "--pretrain-epochs", "1")
+
+    def weights(folder, name):  # conv and linear weights (batch statistics move most)
+        state = load_file(folder / "models" / f"{name}.safetensors")
+        return torch.cat([v.flatten() for k, v in sorted(state.items()) if v.dim() > 1])
+
+    seed7 = weights(tmp_path / "seed7", "Ab")
+    for helper in ("Af", "An"):
+        swapped, own = weights(tmp_path / "swapped", helper), weights(tmp_path, helper)
+        assert (swapped - seed7).norm() < 0.2 * (swapped - own).norm()
+    bad = pretrain(tmp_path / "disjoint", "--only", "Ab", "--pretrain-preset", "paper", check=False)
+    assert bad.returncode == 2 and "base of --helpers common" in bad.stderr
 
 
 def test_a_pool_member_trains_on_d_r_with_its_own_seed(tmp_path):

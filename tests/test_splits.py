@@ -182,6 +182,12 @@ def test_helper_recipes_draw_seeded_sets_of_the_right_size_inside_d_f_and_d_r(tm
     saved = json.loads((tmp_path / "shared" / "splits.json").read_text())
     assert saved["options"]["helpers"] == "shared" and saved["options"]["shared_fraction"] == 0.1
     assert saved["shared"] == shared.shared
+    common = _make(tmp_path / "common", helpers="common", shared_fraction=0.1)
+    assert common.helper_forget == matched.helper_forget  # F drawn as matched draws it, then B
+    assert (
+        common.shared == [] and len(common.base) == N_TRAIN // 10 and set(common.base) <= set(common.retain)
+    )
+    assert json.loads((tmp_path / "common" / "splits.json").read_text())["base"] == common.base
 
 
 def test_helper_recipe_is_part_of_the_split_and_old_folders_read_as_disjoint(tmp_path):
@@ -191,7 +197,7 @@ def test_helper_recipe_is_part_of_the_split_and_old_folders_read_as_disjoint(tmp
     old = tmp_path / "old"
     _make(old)
     saved = json.loads((old / "splits.json").read_text())
-    for key in ("helper_forget", "shared"):
+    for key in ("helper_forget", "shared", "base"):
         del saved[key]
     del saved["options"]["helpers"]
     (old / "splits.json").write_text(json.dumps(saved))  # a folder from before helper recipes
