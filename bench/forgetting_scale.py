@@ -1,4 +1,4 @@
-"""How forgetting quality F (kga_fast.forgetting) moves with the number of models N.
+"""How forgetting quality F (kga_fast.evaluation.forgetting) moves with the number of models N.
 
     python bench/forgetting_scale.py [--examples 500] [--seed 0]
 
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kga_fast.forgetting import forgetting_quality  # noqa: E402
+from kga_fast.evaluation.forgetting import forgetting_quality  # noqa: E402
 
 MODELS = (8, 16, 32)
 SHIFTS = (0.0, 0.5, 1.0)

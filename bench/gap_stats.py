@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from kga_fast import accel  # noqa: E402
 from kga_fast.config import add_run_args, run_config_from_args, use_quick_subsets  # noqa: E402
 from kga_fast.errors import cli_main  # noqa: E402
-from kga_fast.evaluate import predict  # noqa: E402
+from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.losses import kl_rows  # noqa: E402
 from kga_fast.pretrain import ensure_pretrained  # noqa: E402
 from kga_fast.run import open_run  # noqa: E402

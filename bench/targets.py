@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from kga_fast.evaluation.methods_report import ATTACKS  # noqa: E402
 from kga_fast.methods import METHODS  # noqa: E402
-from kga_fast.methods_report import ATTACKS  # noqa: E402
 
 SLACK = 0.005  # accuracy
 JSD_RATIO = 1.25  # x the floor

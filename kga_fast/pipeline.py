@@ -24,12 +24,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kga_fast import accel
-from kga_fast.audit import audit_models
 from kga_fast.checkpoint import load_model, save_model
 from kga_fast.errors import UserError
-from kga_fast.evaluate import evaluate_unlearning, predict
+from kga_fast.evaluation.audit import audit_models
+from kga_fast.evaluation.evaluate import evaluate_unlearning, predict
+from kga_fast.evaluation.forgetting import MIN_MODELS
+from kga_fast.evaluation.pool import (
+    forgetting_against_pool,
+    jsd_to_pool,
+    pool_member,
+    pool_names,
+    summarize_pool,
+)
+from kga_fast.evaluation.report import format_table, write_report
 from kga_fast.files import atomic_path, sha256_file
-from kga_fast.forgetting import MIN_MODELS
 from kga_fast.freeze import freeze_label
 from kga_fast.methods import baseline_config_key, unlearn_baseline
 from kga_fast.methods.common import MethodData, train_seconds
@@ -37,15 +45,7 @@ from kga_fast.methods.kga import UnlearnConfig, config_key, unlearn
 from kga_fast.methods.retrain import retrain
 from kga_fast.methods.trained import BaselineConfig
 from kga_fast.models import StagedNet
-from kga_fast.pool import (
-    forgetting_against_pool,
-    jsd_to_pool,
-    pool_member,
-    pool_names,
-    summarize_pool,
-)
 from kga_fast.pretrain import helper_names
-from kga_fast.report import format_table, write_report
 from kga_fast.results import append_result, find_result, load_results, write_pool
 from kga_fast.run import Run
 
@@ -298,7 +298,7 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
 
 def _add_forgetting_quality(run, group, forget_logits, fixed, pool, splits, accelerator) -> None:
     """Record the challenge's F of a (method, freeze) group's seeds against the pool, where the
-    pool holds twice as many retrains as seeds (kga_fast.pool.forgetting_against_pool)."""
+    pool holds twice as many retrains as seeds (kga_fast.evaluation.pool.forgetting_against_pool)."""
     seeds = sorted(r["seed"] for r in group)
     if all(r.get("forgetting_quality", {}).get("seeds") == seeds for r in group):
         return

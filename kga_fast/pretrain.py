@@ -23,9 +23,9 @@ from kga_fast import accel
 from kga_fast.checkpoint import has_model, load_model, save_model
 from kga_fast.config import PretrainConfig
 from kga_fast.errors import UserError
-from kga_fast.evaluate import classification_metrics, predict
+from kga_fast.evaluation.evaluate import classification_metrics, predict
+from kga_fast.evaluation.pool import pool_member, pool_names
 from kga_fast.models import StagedNet, build_model
-from kga_fast.pool import pool_member, pool_names
 from kga_fast.run import TRAINED_ON, Run
 from kga_fast.user_model import load_user_model
 
@@ -85,7 +85,7 @@ def _base_weights(run: Run, name: str, accelerator: Accelerator) -> dict | None:
 
 def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
     """Train model `name` on its split (resuming from saved state) and save it to the run folder.
-    A retrain pool's "Ar-<k>" (kga_fast.pool) trains as A_r does, with seed + k; under helpers
+    A retrain pool's "Ar-<k>" (kga_fast.evaluation.pool) trains as A_r does, with seed + k; under helpers
     "common", A_f and A_n start from A_b's weights with a schedule of their own."""
     cfg, pre = run.cfg, run.cfg.pretrain
     start_weights = _base_weights(run, name, accelerator)

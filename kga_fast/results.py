@@ -16,7 +16,7 @@ from kga_fast.errors import UserError
 from kga_fast.files import write_bytes_atomic
 
 RESULTS_FILE = "results.json"
-POOL_KEY = "retrains"  # the top-level block of a retrain pool (kga_fast.pool)
+POOL_KEY = "retrains"  # the top-level block of a retrain pool (kga_fast.evaluation.pool)
 REQUIRED = ("dataset", "arch", "freeze", "seed", "preset", "config", "unlearn_seconds", "eval")
 
 
@@ -70,7 +70,7 @@ def append_result(run_dir: str | Path, *records: dict) -> None:
 
 
 def write_pool(run_dir: str | Path, block: dict) -> None:
-    """Set results.json's top-level POOL_KEY (kga_fast.pool), keeping every record; atomic."""
+    """Set results.json's top-level POOL_KEY (kga_fast.evaluation.pool), keeping every record; atomic."""
     results = load_results(run_dir)
     results[POOL_KEY] = block
     _write(run_dir, results)

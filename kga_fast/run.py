@@ -16,7 +16,7 @@ import torch
 from kga_fast.config import RunConfig
 from kga_fast.data import ImageSet, load_images
 from kga_fast.errors import UserError
-from kga_fast.pool import check_pool_size
+from kga_fast.evaluation.pool import check_pool_size
 from kga_fast.results import load_results
 from kga_fast.splits import Splits, load_or_create_splits
 from kga_fast.user_model import load_user_model

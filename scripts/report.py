@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kga_fast.errors import UserError, cli_main  # noqa: E402
-from kga_fast.report import write_report  # noqa: E402
+from kga_fast.evaluation.report import write_report  # noqa: E402
 from kga_fast.results import RESULTS_FILE  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from accelerate import PartialState
 
 from kga_fast.errors import UserError, cli_main
-from kga_fast.report import format_table
+from kga_fast.evaluation.report import format_table
 from kga_fast.results import load_results
 
 DATASETS = ("cifar10", "cifar100")

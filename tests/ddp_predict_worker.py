@@ -21,7 +21,7 @@ from accelerate import Accelerator  # noqa: E402
 from gloo_threads import gloo_threads  # noqa: E402
 
 from kga_fast import accel  # noqa: E402
-from kga_fast.evaluate import predict  # noqa: E402
+from kga_fast.evaluation.evaluate import predict  # noqa: E402
 
 
 def make_case(n: int) -> tuple[torch.nn.Module, torch.Tensor]:

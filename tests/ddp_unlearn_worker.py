@@ -26,7 +26,7 @@ from torch import nn  # noqa: E402
 
 from kga_fast import accel  # noqa: E402
 from kga_fast.data import normalize  # noqa: E402
-from kga_fast.evaluate import predict  # noqa: E402
+from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.methods.kga import UnlearnConfig, UnlearnData, unlearn  # noqa: E402
 from kga_fast.models import StagedNet, build_model  # noqa: E402
 

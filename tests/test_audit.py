@@ -1,4 +1,4 @@
-"""Membership inference (kga_fast.audit) on constructed logits with known answers: a model that
+"""Membership inference (kga_fast.evaluation.audit) on constructed logits with known answers: a model that
 memorized its members is caught by every attack, an unlearned one is not, and when members and
 non-members come from one distribution every attack sits at chance."""
 
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from kga_fast import methods_report
-from kga_fast.audit import (
+from kga_fast.evaluation import methods_report
+from kga_fast.evaluation.audit import (
     ATTACKS,
     audit_models,
     membership_inference,

@@ -1,6 +1,6 @@
 """Baselines (kga_fast.baselines) on a tiny learnable task where D_f is one whole class: each
 method moves A* the expected way, freezing holds, resume is exact, retrain reads A_r's time;
-and the methods table (kga_fast.methods_report) lands in report.md."""
+and the methods table (kga_fast.evaluation.methods_report) lands in report.md."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from accelerate import Accelerator
 from torch import nn
 
 import kga_fast.methods as B
-from kga_fast import accel, methods_report, report, results
+from kga_fast import accel, results
 from kga_fast.data import normalize
 from kga_fast.errors import UserError
+from kga_fast.evaluation import methods_report, report
 from kga_fast.freeze import apply_freeze
 from kga_fast.methods import BASELINE_PRESETS, MethodData, baseline_config_key, msg, unlearn_baseline
 from kga_fast.methods.common import stream_seed

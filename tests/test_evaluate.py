@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from kga_fast import reference
 from kga_fast.data import normalize
-from kga_fast.evaluate import classification_metrics, evaluate_unlearning, mean_jsd, predict
+from kga_fast.evaluation.evaluate import classification_metrics, evaluate_unlearning, mean_jsd, predict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_predict_worker import MEAN, STD, make_case  # noqa: E402

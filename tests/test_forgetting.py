@@ -1,4 +1,4 @@
-"""Forgetting quality F (kga_fast.forgetting): the challenge's definition on cases worked by hand,
+"""Forgetting quality F (kga_fast.evaluation.forgetting): the challenge's definition on cases worked by hand,
 its limits (one repeated model, fully separated samples), and random cases against a direct
 transcription that builds every rule and its rates as threshold-by-model indicator matrices."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kga_fast.forgetting import (
+from kga_fast.evaluation.forgetting import (
     DELTA,
     bucket_points,
     challenge_score,

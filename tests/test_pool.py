@@ -1,4 +1,4 @@
-"""The retrain pool (kga_fast.pool, --retrains K): names and seeds, the floor and the band, the
+"""The retrain pool (kga_fast.evaluation.pool, --retrains K): names and seeds, the floor and the band, the
 report's verdicts, and a tiny run through scripts/unlearn.py (pool block, JSD to the pool, the
 evaluation cache, one folder one pool, bad input refused with nothing written)."""
 
@@ -18,10 +18,10 @@ from kga_fast.checkpoint import save_model
 from kga_fast.config import RunConfig
 from kga_fast.data import FASHION_MNIST_DIR
 from kga_fast.errors import UserError
-from kga_fast.evaluate import mean_jsd
-from kga_fast.methods_report import pool_section, verdict
+from kga_fast.evaluation.evaluate import mean_jsd
+from kga_fast.evaluation.methods_report import pool_section, verdict
+from kga_fast.evaluation.pool import jsd_to_pool, pool_member, pool_names, summarize_pool
 from kga_fast.models import build_model
-from kga_fast.pool import jsd_to_pool, pool_member, pool_names, summarize_pool
 from kga_fast.run import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,9 +197,9 @@ def test_the_tuning_score_measures_the_distance_to_the_pool():
 
 
 def test_an_unlearning_that_returns_retrains_scores_the_ceiling():
-    from kga_fast.forgetting import MIN_MODELS
-    from kga_fast.methods_report import MIN_MODELS as SHOWN_FROM
-    from kga_fast.pool import forgetting_against_pool
+    from kga_fast.evaluation.forgetting import MIN_MODELS
+    from kga_fast.evaluation.methods_report import MIN_MODELS as SHOWN_FROM
+    from kga_fast.evaluation.pool import forgetting_against_pool
 
     assert SHOWN_FROM == MIN_MODELS
     labels = torch.arange(30) % 4

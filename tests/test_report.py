@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kga_fast.errors import UserError
-from kga_fast.report import format_table, format_time_table, summarize, write_report
+from kga_fast.evaluation.report import format_table, format_time_table, summarize, write_report
 from kga_fast.results import RESULTS_FILE, append_result, find_result, load_results, result_key
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 
 from kga_fast import accel
 from kga_fast.data import DeviceLoader
-from kga_fast.evaluate import predict
+from kga_fast.evaluation.evaluate import predict
 from kga_fast.losses import kl_rows
 from kga_fast.methods.common import UnlearnData
 from kga_fast.models import StagedNet

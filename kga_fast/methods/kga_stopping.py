@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kga_fast.evaluate import predict
+from kga_fast.evaluation.evaluate import predict
 from kga_fast.losses import directed_kl, kl_rows
 
 

@@ -31,7 +31,7 @@ from kga_fast import accel
 from kga_fast.checkpoint import model_shape
 from kga_fast.data import DeviceLoader, normalize
 from kga_fast.errors import UserError
-from kga_fast.evaluate import predict
+from kga_fast.evaluation.evaluate import predict
 from kga_fast.methods.common import MethodData, UnlearnResult, endless, start_from_ad, stream_seed
 from kga_fast.models import StagedNet
 

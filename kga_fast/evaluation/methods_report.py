@@ -1,12 +1,12 @@
 """The report's tables of methods: KGA against the baselines on one footing, with the MIA audit,
-and (with a retrain pool, kga_fast.pool) every method against the pool's band and floor.
+and (with a retrain pool, kga_fast.evaluation.pool) every method against the pool's band and floor.
 
     report.SECTIONS.append(methods_section)   # report.md gains "## Methods and membership inference"
     report.SECTIONS.append(pool_section)      # and "## Against the retrain pool"
 
 Reads the records of results.json: "method" (absent: kga), "eval" ({split: {"accuracy": {Ad, A*,
 Ar}, "jsd": {"A*,Ar"}}} with splits forget, retain, test), "mia" ({Ad, A*, Ar: {attack: value}},
-kga_fast.audit), "unlearn_seconds" and "retrain_seconds" (A_r's training time). One row per
+kga_fast.evaluation.audit), "unlearn_seconds" and "retrain_seconds" (A_r's training time). One row per
 (method, freeze, preset, config), mean ± sample std over seeds; two reference rows on top:
 A_d before unlearning and A_r (the "retrain" method: records of that method fold into it).
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from kga_fast.freeze import freeze_label
 from kga_fast.results import POOL_KEY
 
-# The same names as kga_fast.methods.METHODS and kga_fast.audit.ATTACKS (checked by the tests),
+# The same names as kga_fast.methods.METHODS and kga_fast.evaluation.audit.ATTACKS (checked by the tests),
 # kept here so that building a report imports neither torch training code nor sklearn.
 METHOD_ORDER = (
     "kga",
@@ -36,7 +36,7 @@ METHOD_ORDER = (
     "fcs",
 )
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
-MIN_MODELS = 16  # kga_fast.forgetting.MIN_MODELS (checked by the tests): F is computed from N = 16
+MIN_MODELS = 16  # kga_fast.evaluation.forgetting.MIN_MODELS (checked by the tests): F is computed from N = 16
 
 # A column's value for one record and model: "A*" in a method row, "Ad" / "Ar" in a reference row.
 Getter = Callable[[dict, str], float | None]
@@ -163,7 +163,7 @@ def format_methods_table(results: dict | list[dict]) -> str:
 NOTE = (
     "*Mean ± sample std over seeds. Accuracy on the forget (D_f), retain (D_r) and test (D_t) "
     "splits; JSD: mean per-sample Jensen-Shannon divergence to A_r (nats). Membership inference "
-    "(kga_fast.audit): loss_lr_cv_acc, the unlearning challenge kit's simple_mia (logistic "
+    "(kga_fast.evaluation.audit): loss_lr_cv_acc, the unlearning challenge kit's simple_mia (logistic "
     "regression on the loss, D_f vs D_t balanced, 10-fold shuffle-split CV accuracy; 0.5 = no "
     "membership signal); mia_efficacy_confidence, SalUn's MIA-efficacy (SVC on true-class "
     "confidence, D_r vs D_t, share of D_f called non-member); entropy_lr_forget_member_rate, the "
@@ -190,7 +190,7 @@ def methods_section(runs: list[dict], results: dict | None = None) -> str:
     return "\n".join(parts).rstrip()
 
 
-# The pool table (results.json "retrains", kga_fast.pool): (header, band path, value getter).
+# The pool table (results.json "retrains", kga_fast.evaluation.pool): (header, band path, value getter).
 POOL_METRICS: list[tuple[str, tuple[str, ...], Getter]] = [
     *[
         (f"Acc {n}", (s, "accuracy"), _accuracy(s))
@@ -263,7 +263,7 @@ def pool_section(runs: list[dict], results: dict | None = None) -> str:
             "",
             *lines,
             "",
-            "F: the NeurIPS 2023 unlearning challenge's forgetting quality (kga_fast.forgetting) of a row's N "
+            "F: the NeurIPS 2023 unlearning challenge's forgetting quality (kga_fast.evaluation.forgetting) of a row's N "
             "unlearning seeds against N retrains, and in brackets its ceiling, N other retrains against the "
             f"same N (1: indistinguishable from retraining at this N). It is computed from N = {MIN_MODELS} "
             "seeds (`--seeds`) with at least 2N retrains (`--retrains`), and shows `-` otherwise: with fewer "

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kga_fast.errors import UserError
+from kga_fast.evaluation.methods_report import methods_section, pool_section
 from kga_fast.files import atomic_path, write_bytes_atomic
 from kga_fast.freeze import freeze_label
-from kga_fast.methods_report import methods_section, pool_section
 from kga_fast.results import RESULTS_FILE, load_results
 
 SPLITS = {"test": "test (D_t)", "forget": "forget (D_f)"}

@@ -10,7 +10,7 @@ retrains, over all pairs, per split) and the band (min / mean / max over the poo
 F1 per split and of each membership attack). A method lands where retraining lands when its
 metrics sit inside the band and its mean JSD to the pool is near the floor. With N >= 16
 unlearning seeds and at least 2N retrains, each record also gets the challenge's forgetting quality F
-(kga_fast.forgetting) against N retrains, beside its ceiling: N other retrains against them.
+(kga_fast.evaluation.forgetting) against N retrains, beside its ceiling: N other retrains against them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from kga_fast.errors import UserError
-from kga_fast.evaluate import classification_metrics, mean_jsd
-from kga_fast.forgetting import challenge_score, forgetting_quality, logit_scaled_confidence
+from kga_fast.evaluation.evaluate import classification_metrics, mean_jsd
+from kga_fast.evaluation.forgetting import challenge_score, forgetting_quality, logit_scaled_confidence
 from kga_fast.results import POOL_KEY
 
 

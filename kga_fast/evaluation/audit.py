@@ -3,7 +3,7 @@
     mia = {m: membership_inference(logits[m], labels, seed=0) for m in ("Ad", "A*", "Ar")}
 
 Each attack reads a model's logits (N, C) float32 on the CPU, gathered over ranks (what
-kga_fast.evaluate.predict returns), for the forget (D_f, members of A_d), retain (D_r,
+kga_fast.evaluation.evaluate.predict returns), for the forget (D_f, members of A_d), retain (D_r,
 members of every model) and test (D_t, members of none) splits, and the true labels. The keys
 name the attack; the ideal after unlearning is A_r's value, not a fixed number:
 
