@@ -155,9 +155,10 @@ def test_common_helpers_are_fine_tuned_from_one_base_for_the_same_steps(tmp_path
     assert meta["Af"]["images"] == meta["An"]["images"] == len(splits["new"])
     assert meta["Af"]["init"] == meta["An"]["init"] == "Ab" and "init" not in meta["Ab"]
     assert meta["Af"]["epochs"] == meta["An"]["epochs"] and meta["Af"]["config"] == meta["An"]["config"]
+    assert meta["Af"]["config"]["lr"] == pytest.approx(0.1 * meta["Ab"]["config"]["lr"])  # fine-tuned
     # Where they start: a folder of the same split given another A_b (one of seed 7, far from
-    # seed 0's) fine-tunes its helpers from that one. One epoch at the paper's lr 1e-3 moves a
-    # model little, so they stay near it, far from the helpers that started from seed 0's A_b.
+    # seed 0's) fine-tunes its helpers from that one. One epoch at a tenth of the paper's lr 1e-3
+    # moves a model little, so they stay near it, far from the helpers that started from seed 0's A_b.
     pretrain(tmp_path / "seed7", "--only", "Ab", "--seed", "7", *common, "--pretrain-epochs", "1")
     (tmp_path / "swapped" / "models").mkdir(parents=True)
     for suffix in ("json", "safetensors"):
