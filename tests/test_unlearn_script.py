@@ -124,6 +124,24 @@ def test_tiny_end_to_end_run_pretrains_unlearns_and_reports(tmp_path):
     assert (run_dir / "results.json").read_bytes() == before
 
 
+def test_kga_with_common_helpers_counts_the_base_in_its_cost(tmp_path):
+    """--helpers common: KGA's cost beyond unlearning is A_b's training and A_f's and A_n's
+    fine-tuning, each read from its model's JSON."""
+    run_dir = tmp_path / "run"
+    cfg = RunConfig(run_dir=run_dir, train_subset=64, test_subset=40, helpers="common", shared_fraction=0.2)
+    run = open_run(cfg)
+    seconds = {"Ad": 7.0, "Ab": 3.0, "Af": 2.0, "An": 1.5}
+    for name, s in seconds.items():
+        model = build_model("resnet18", run.num_classes, run.in_channels)
+        save_model(run_dir, name, model, {"dataset": "fashion-mnist", "train_seconds": s})
+    args = ["--run-dir", str(run_dir), *SMALL, "--helpers", "common", "--shared-fraction", "0.2"]
+    proc = run_script(*args, "--no-retrain", "--epochs", "1", "--freeze", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = read_results(run_dir)["runs"]
+    assert record["helpers"] == "common" and record["helper_seconds"] == {"Ab": 3.0, "Af": 2.0, "An": 1.5}
+    assert record["phases"]["helper_models"] == pytest.approx(6.5)
+
+
 def test_killed_run_resumes_from_its_last_epoch(run_dir):
     args = [
         SCRIPT,
