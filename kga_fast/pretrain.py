@@ -42,8 +42,9 @@ HELPER_DESCRIPTION = {
     },
 }
 BASE = "Ab"  # helpers "common": the base that A_f and A_n are fine-tuned from
-# Their fine-tuning runs the pretraining recipe at a tenth of its peak step: at the full step, 100
-# steps on 100 images erased most of what A_b knew (D_t accuracy 0.77 to 0.66-0.72, small setting).
+# Their fine-tuning runs the pretraining recipe at a tenth of its peak step, to keep more of what
+# A_b knows: on the small setting (split 0, 100 images each) A_b's D_t accuracy of 0.77 fell to
+# 0.66 / 0.72 (A_f / A_n) at the full step and to 0.72 / 0.74 at a tenth.
 FINETUNE_LR_FACTOR = 0.1
 
 
