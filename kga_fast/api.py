@@ -32,7 +32,7 @@ from kga_fast.methods.kga import UnlearnConfig
 from kga_fast.methods.trained import BaselineConfig
 from kga_fast.models import StagedNet, build_with_torchvision
 from kga_fast.pipeline import Job, report, run_job
-from kga_fast.pretrain import ensure_pretrained
+from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
 
 
@@ -135,8 +135,8 @@ def unlearn_model(
     )
     accelerator = accelerator or accel.make_accelerator(None)
     run = open_run(cfg, accelerator)
-    names = ("Ad", "Af", "An") if method == "kga" else ("Ad",)  # KGA's helpers
-    models = ensure_pretrained(run, accelerator, names=(*names, "Ar") if retrain else names)
+    names = needed_models(cfg, retrain=retrain, helpers=method == "kga")
+    models = ensure_pretrained(run, accelerator, names=names)
     job = Job(method, config, [tuple(freeze)], [seed], retrain=retrain)
     (record,) = run_job(run, models, job, accelerator)
     report(run, accelerator)

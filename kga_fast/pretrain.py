@@ -63,9 +63,11 @@ def learning_rate(cfg: PretrainConfig, step: int, total: int) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def needed_models(cfg, *, retrain: bool = True) -> tuple[str, ...]:
-    """What a run of `cfg` needs: A_d, A_f, A_n, and with retraining A_r and its pool (--retrains)."""
-    return MODEL_NAMES + pool_names(cfg.retrains)[1:] if retrain else ("Ad", "Af", "An")
+def needed_models(cfg, *, retrain: bool = True, helpers: bool = True) -> tuple[str, ...]:
+    """What a run of `cfg` needs: A_d; KGA's helpers A_f and A_n (`helpers`: only KGA reads them;
+    --helpers common trains A_b on the way); with retraining A_r and its pool (--retrains)."""
+    own = ("Af", "An") if helpers else ()
+    return ("Ad", *own, *(("Ar", *pool_names(cfg.retrains)[1:]) if retrain else ()))
 
 
 def is_model_name(name: str) -> bool:

@@ -209,7 +209,7 @@ def main(argv=None) -> None:
     if args.method == "recommended":
         accelerator.print(f"--method recommended: {RECOMMENDED.describe()}")
     accelerator.print(f"{run.describe(accelerator)}; method {job.method}, preset {job.preset}")
-    names = needed_models(run_cfg, retrain=job.retrain)
+    names = needed_models(run_cfg, retrain=job.retrain, helpers=job.method == "kga")
     models = ensure_pretrained(run, accelerator, allow_train=not args.no_pretrain, names=names)
     run_job(run, models, job, accelerator)
     report(run, accelerator)

@@ -31,12 +31,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def seeded_run(run_dir: Path, **split) -> Path:
-    """A run folder with its split and four randomly initialised "pretrained" models."""
+def seeded_run(run_dir: Path, names=("Ad", "Af", "An", "Ar"), **split) -> Path:
+    """A run folder with its split and randomly initialised "pretrained" models (default: four)."""
     cfg = RunConfig(run_dir=run_dir, train_subset=64, test_subset=40, **split)
     run = open_run(cfg)
     torch.manual_seed(0)
-    for name in ("Ad", "Af", "An", "Ar"):
+    for name in names:
         model = build_model("resnet18", run.num_classes, run.in_channels)
         save_model(run_dir, name, model, {"dataset": "fashion-mnist", "train_seconds": 100.0})
     return run_dir
@@ -69,6 +69,17 @@ def test_methods_share_one_results_file_and_report(tmp_path):
     assert retrain["eval"]["test"]["jsd"]["A*,Ar"] == pytest.approx(0.0, abs=1e-6)  # A* is A_r
     report = (run_dir / "report.md").read_text()
     assert "gradient_ascent" in report and "mia_efficacy_confidence" in report
+
+
+def test_a_method_other_than_kga_needs_no_helper_models(tmp_path):
+    """Only KGA reads A_f and A_n: the recommended method runs in a folder without them (with
+    --no-pretrain, a missing model it needed would fail), and KGA there names what is missing."""
+    run_dir = seeded_run(tmp_path / "run", names=("Ad", "Ar"))
+    out = unlearn(run_dir, "--method", "recommended", *TRAIN)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (run_dir / "models" / "Af.json").exists()
+    kga = unlearn(run_dir, "--method", "kga", *TRAIN)
+    assert kga.returncode == 2 and "model Af is missing" in kga.stderr
 
 
 def test_forget_classes_scenario_through_the_command(tmp_path):
