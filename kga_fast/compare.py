@@ -30,7 +30,7 @@ BUDGET = 4  # settings tried per method
 VARIANTS = {"kga_ct": ("kga", {"start": "ct"})}
 # Each method's settings (overrides of its preset); KGA's are the candidates of bench/RESULTS.md.
 GRID: dict[str, list[dict]] = {
-    "kga": [  # for a --helpers matched folder: its gaps are comparable (bench/RESULTS.md)
+    "kga": [  # for a --helpers matched or common folder: its gaps are comparable (bench/RESULTS.md)
         dict(reduction="sorted", stop="gap", check_every=1, epochs=6, lr=lr)
         for lr in (1e-4, 3e-4, 3e-5, 1e-3)
     ],
