@@ -76,9 +76,7 @@ class RunConfig:
     image_size: int = 32  # folder datasets: images are resized to this once
     forget_list: str | None = None  # folder datasets: forget these files (paths under DIR/train)
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) per channel
-    retrains: int = (
-        1  # the retrain pool: A_r and Ar-1 ... Ar-<K-1> (kga_fast.evaluation.pool), seeds seed + k
-    )
+    retrains: int = 1  # the retrain pool: A_r, Ar-1 ... Ar-<K-1> (evaluation/pool.py), seeds seed + k
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def split_options(self) -> dict:
