@@ -82,11 +82,7 @@ def _base_weights(run: Run, name: str, accelerator: Accelerator) -> dict | None:
         raise UserError(f"model {BASE} is the base of --helpers common; {run.cfg.run_dir} uses {recipe}")
     if name not in ("Af", "An") or recipe != "common":
         return None
-    if not has_model(run.cfg.run_dir, BASE):
-        train_model(run, BASE, accelerator)
-        accelerator.wait_for_everyone()
-    base, _ = load_model(run.cfg.run_dir, BASE, arch=run.cfg.arch, num_classes=run.num_classes)
-    return base.state_dict()
+    return _saved_or_trained(run, BASE, accelerator).state_dict()
 
 
 def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
@@ -251,25 +247,32 @@ def ensure_pretrained(
     models = {}
     for name in names:
         if not is_model_name(name):
-            raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} or Ar-<k>")
-        if not has_model(cfg.run_dir, name):
-            if not allow_train:
-                raise UserError(
-                    f"model {name} is missing from {cfg.run_dir / 'models'}; run without --no-pretrain "
-                    "(or scripts/pretrain.py) to train it"
-                )
-            train_model(run, name, accelerator)
-            accelerator.wait_for_everyone()
-        model, _ = load_model(
-            cfg.run_dir,
-            name,
-            arch=cfg.arch,
-            num_classes=run.num_classes,
-            in_channels=run.in_channels,
-            device=accelerator.device,
-        )
-        models[name] = model.eval().requires_grad_(False)
+            raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}, {BASE} or Ar-<k>")
+        models[name] = _saved_or_trained(run, name, accelerator, allow_train).requires_grad_(False)
     return models
+
+
+def _saved_or_trained(run: Run, name: str, accelerator: Accelerator, allow_train: bool = True) -> StagedNet:
+    """Model `name` of the run folder on the accelerator's device, in eval mode: loaded when saved,
+    trained first when missing (all processes train; the main one saves)."""
+    cfg = run.cfg
+    if not has_model(cfg.run_dir, name):
+        if not allow_train:
+            raise UserError(
+                f"model {name} is missing from {cfg.run_dir / 'models'}; run without --no-pretrain "
+                "(or scripts/pretrain.py) to train it"
+            )
+        train_model(run, name, accelerator)
+        accelerator.wait_for_everyone()
+    model, _ = load_model(
+        cfg.run_dir,
+        name,
+        arch=cfg.arch,
+        num_classes=run.num_classes,
+        in_channels=run.in_channels,
+        device=accelerator.device,
+    )
+    return model.eval()
 
 
 def import_ad(run: Run, accelerator: Accelerator) -> None:
