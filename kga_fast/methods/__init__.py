@@ -76,7 +76,8 @@ RECOMMENDED = Recommendation(
     "msg",
     {"lr": 0.01, "epochs": 2},
     "bench/RESULTS.md, 'Every method against the targets on the quick subsets at 10% (issue 17)': "
-    "14 of 16 targets on the report splits, the most of any method (13 of 16 on the small setting)",
+    "14 of 16 targets on the report splits, the most of any method (13 of 16 on the small setting; "
+    "at the paper's 50% 6, where CT met 13 at a retrain's cost: 'Issue 17, third session')",
 )
 
 
