@@ -102,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.max_time <= 0:
+        sys.exit(f"error: --max-time must be positive, got {args.max_time}")
     run_dirs = args.run_dirs
     for d in run_dirs:
         if not (Path(d) / "results.json").is_file():
