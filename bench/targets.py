@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -28,8 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from kga_fast.errors import UserError, cli_main  # noqa: E402
 from kga_fast.evaluation.methods_report import ATTACKS  # noqa: E402
 from kga_fast.methods import METHODS  # noqa: E402
+from kga_fast.results import POOL_KEY, RESULTS_FILE, load_results  # noqa: E402
 
 SLACK = 0.005  # accuracy
 JSD_RATIO = 1.25  # x the floor
@@ -40,7 +41,9 @@ TARGETS = ("acc D_f", "acc D_t", "JSD D_f", "JSD D_t", *ATTACKS, "time", "F")
 
 def method_rows(run_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
     """(pool, {row label: records}) of a run folder: one row per (method, config)."""
-    results = json.loads((run_dir / "results.json").read_text())
+    if not (run_dir / RESULTS_FILE).is_file():
+        raise UserError(f"no {RESULTS_FILE} in {run_dir}")
+    results = load_results(run_dir)
     rows: dict[str, list[dict]] = {}
     for r in results["runs"]:
         if "A*,retrains" not in r["eval"]["forget"]["jsd"]:
@@ -50,7 +53,9 @@ def method_rows(run_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
         changed = {k: v for k, v in r["config"].items() if k in preset and preset[k] != v}
         setting = ", ".join(f"{k} {v}" for k, v in sorted(changed.items())) or "preset"
         rows.setdefault(f"{method} ({setting})", []).append(r)
-    return results.get("retrains"), rows
+    if not rows:
+        raise UserError(f"{run_dir} has no records judged against a retrain pool (--retrains K > 1)")
+    return results[POOL_KEY], rows
 
 
 def cells(pool: dict, records: list[dict], max_time: float = 1.0) -> dict[str, tuple[float, bool]]:
@@ -100,17 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.max_time <= 0:
-        sys.exit(f"error: --max-time must be positive, got {args.max_time}")
+        raise UserError(f"--max-time must be positive, got {args.max_time}")
     run_dirs = args.run_dirs
-    for d in run_dirs:
-        if not (Path(d) / "results.json").is_file():
-            sys.exit(f"error: no results.json in {d}")
     per_split = [method_rows(Path(d)) for d in run_dirs]
-    if any(rows == {} for _, rows in per_split):
-        sys.exit("error: a run folder has no records judged against a retrain pool (--retrains K > 1)")
     labels = [label for label in per_split[0][1] if all(label in rows for _, rows in per_split)]
     print(f"report splits: {', '.join(run_dirs)}; a cell: the value on each split, * where met")
     for pool, _ in per_split:

@@ -36,6 +36,11 @@ def record(forget=0.86, test=0.85, jsd=0.02, attack=0.55, seconds=40.0, method="
         "test": {"accuracy": {"A*": test}, "jsd": {"A*,retrains": jsd}},
     }
     return {
+        "dataset": "fashion-mnist",
+        "arch": "resnet18",
+        "freeze": [],
+        "seed": 0,
+        "preset": "default",
         "method": method,
         "config": {"lr": 0.001, "epochs": 5} | config,
         "eval": ev,
