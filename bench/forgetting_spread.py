@@ -1,0 +1,135 @@
+"""Why forgetting quality F sits below its ceiling: are the unlearned models' confidences on D_f
+shifted from the retrains', or narrower? (issue 17, bench/RESULTS.md)
+
+    python bench/forgetting_spread.py --run-dir runs/f16-s1 --seed 1 --train-subset 2000 \\
+      --test-subset 1000 --forget-fraction 0.1 --retrains 32
+
+Opens a run folder (with the options it was made with) whose records carry F (N unlearning seeds
+against 2N retrains: kga_fast.evaluation.pool.forgetting_against_pool) and prints one row per
+method and setting, and one for the pool's first N retrains (the ceiling's side). Per forget
+example, the N unlearned models' logit-scaled confidences are one sample and the reference
+retrains' (the pool's second N, as F uses them) the other; the row gives, as medians over D_f:
+- spread: the sample's standard deviation over the retrains';
+- shift: |its mean - the retrains' mean| in the retrains' standard deviations;
+then F as recorded, and F again after each example's unlearned sample is moved to the retrains'
+mean (recentred), scaled to their standard deviation around its own mean (rescaled), or both:
+how much of the gap to the ceiling each part of the difference costs. A moved sample matches the
+reference's mean or spread exactly, which scores above the ceiling: read each moved F against
+the retrains' row in the same column (the first N retrains, moved alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from targets import method_rows  # noqa: E402  (bench/targets.py: one row per method and setting)
+
+from kga_fast import accel  # noqa: E402
+from kga_fast.checkpoint import load_model  # noqa: E402
+from kga_fast.config import add_run_args, run_config_from_args, use_quick_subsets  # noqa: E402
+from kga_fast.errors import UserError, cli_main  # noqa: E402
+from kga_fast.evaluation.evaluate import predict  # noqa: E402
+from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_confidence  # noqa: E402
+from kga_fast.run import open_run  # noqa: E402
+
+COLUMNS = ("N", "spread", "shift", "F", "F recentred", "F rescaled", "F both", "ceiling")
+
+
+def moved(unlearned: np.ndarray, retrained: np.ndarray, *, centre: bool, scale: bool) -> np.ndarray:
+    """(N, M) unlearned confidences with each example's mean moved to the retrains' (centre) and
+    its standard deviation scaled to theirs around its mean (scale; a constant sample stays one)."""
+    mean_u, sd_u = unlearned.mean(0), unlearned.std(0, ddof=1)
+    deviation = unlearned - mean_u
+    if scale:
+        factor = np.divide(retrained.std(0, ddof=1), sd_u, out=np.ones_like(sd_u), where=sd_u > 0)
+        deviation = deviation * factor
+    return deviation + (retrained.mean(0) if centre else mean_u)
+
+
+def spread_row(unlearned: np.ndarray, retrained: np.ndarray) -> dict[str, float]:
+    """The row's values (module doc) for (N, M) confidences of unlearned and reference models."""
+    sd_r = retrained.std(0, ddof=1)
+    if (sd_r == 0).any():
+        raise UserError("a forget example has the same confidence in every reference retrain")
+    shift = np.abs(unlearned.mean(0) - retrained.mean(0)) / sd_r
+    row = {
+        "N": unlearned.shape[0],
+        "spread": float(np.median(unlearned.std(0, ddof=1) / sd_r)),
+        "shift": float(np.median(shift)),
+        "F": forgetting_quality(unlearned, retrained),
+    }
+    for name, centre, scale in (("recentred", True, False), ("rescaled", False, True), ("both", True, True)):
+        row[f"F {name}"] = forgetting_quality(
+            moved(unlearned, retrained, centre=centre, scale=scale), retrained
+        )
+    return row
+
+
+def spread_table(run, accelerator) -> str:
+    run_dir = run.cfg.run_dir
+    pool, rows = method_rows(Path(run_dir))
+    groups = {label: [r for r in records if r.get("forgetting_quality")] for label, records in rows.items()}
+    groups = {label: records for label, records in groups.items() if records}
+    sizes = {records[0]["forgetting_quality"]["N"] for records in groups.values()}
+    if len(sizes) != 1:
+        raise UserError(
+            f"{run_dir}: expected records with F of one N (16+ seeds, 2N retrains), found {sizes or 'none'}"
+        )
+    (n,) = sizes
+    images, labels = run.subset("forget")
+
+    def confidences(names: list[str]) -> np.ndarray:  # (models, M)
+        out = []
+        for name in names:
+            model, _ = load_model(run_dir, name, device=accelerator.device)
+            logits = predict(model, images, mean=run.train.mean, std=run.train.std, accelerator=accelerator)
+            out.append(logit_scaled_confidence(logits, labels))
+        return np.stack(out)
+
+    members = [Path(c).stem for c in pool["checkpoints"]]
+    first, reference = confidences(members[:n]), confidences(members[n : 2 * n])
+    lines = ["| models | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+
+    def add(label: str, unlearned: np.ndarray, ceiling: float) -> dict[str, float]:
+        row = spread_row(unlearned, reference) | {"ceiling": ceiling}
+        cells = [f"{row[c]}" if c == "N" else f"{row[c]:.3f}" for c in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return row
+
+    add("retrains (the pool's first N)", first, forgetting_quality(first, reference))
+    for label, records in groups.items():
+        quality = records[0]["forgetting_quality"]
+        if len(records) != n:
+            raise UserError(f"{label}: {len(records)} records carry F of N = {n}")
+        row = add(label, confidences([Path(r["checkpoint"]).stem for r in records]), quality["ceiling"])
+        if not np.isclose(row["F"], quality["F"]):  # the same models and retrains as the record's F
+            raise RuntimeError(f"{label}: F recomputed {row['F']:.4f}, recorded {quality['F']:.4f}")
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_run_args(parser)
+    parser.add_argument(
+        "--full", action="store_true", help="the whole dataset (else the quick run's subsets)"
+    )
+    args = parser.parse_args(argv)
+    use_quick_subsets(args)
+    cfg = run_config_from_args(args)
+    accelerator = accel.make_accelerator(cfg.mixed_precision)
+    run = open_run(cfg, accelerator)
+    accelerator.print(f"{run.describe(accelerator)}\n\n{spread_table(run, accelerator)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""bench/forgetting_spread.py, which splits the gap between F and its ceiling into a shift and a
+narrowing of the unlearned models' confidences: its moves reach the retrains' mean and spread,
+and each measure reads a known difference between two samples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+
+import forgetting_spread as fs  # noqa: E402
+
+from kga_fast.errors import UserError  # noqa: E402
+
+N, M = 16, 120
+
+
+def samples(spread=1.0, shift=0.0, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """(unlearned, retrained) confidences: per example a retrain mean and sd, the unlearned sample
+    `shift` sds away and `spread` times as wide."""
+    rng = np.random.default_rng(seed)
+    centre, sd = rng.normal(2.0, 2.0, size=M), rng.uniform(0.5, 1.5, size=M)
+    retrained = centre + sd * rng.standard_normal((N, M))
+    unlearned = centre + shift * sd + spread * sd * rng.standard_normal((N, M))
+    return unlearned, retrained
+
+
+@pytest.mark.parametrize("centre,scale", [(True, False), (False, True), (True, True)])
+def test_moved_takes_the_retrains_mean_or_spread_and_keeps_the_rest(centre, scale):
+    u, r = samples(spread=0.3, shift=1.0)
+    out = fs.moved(u, r, centre=centre, scale=scale)
+    want_mean, want_sd = (r if centre else u).mean(0), (r if scale else u).std(0, ddof=1)
+    assert np.allclose(out.mean(0), want_mean) and np.allclose(out.std(0, ddof=1), want_sd)
+    # the shape of each sample (its standardized values) is kept
+    z = lambda x: (x - x.mean(0)) / x.std(0, ddof=1)  # noqa: E731
+    assert np.allclose(z(out), z(u))
+
+
+def test_moved_leaves_a_constant_sample_constant():
+    u, r = samples()
+    u[:, 0] = 1.5
+    out = fs.moved(u, r, centre=True, scale=True)
+    assert np.allclose(out[:, 0], r[:, 0].mean())
+
+
+def test_same_distribution_reads_as_one_spread_and_no_shift():
+    row = fs.spread_row(*samples(seed=1))
+    assert 0.85 < row["spread"] < 1.15 and row["shift"] < 0.5
+
+
+# A move makes a sample's mean or spread equal the reference's exactly, which scores above the
+# ceiling: each moved F is judged against a sample of the retrains' own distribution, moved alike.
+
+
+def test_a_narrow_sample_is_read_as_narrow_and_rescaling_recovers_f():
+    same, row = fs.spread_row(*samples(seed=2)), fs.spread_row(*samples(spread=0.2, seed=2))
+    assert 0.15 < row["spread"] < 0.25 and row["shift"] < 0.5
+    assert row["F"] < same["F"] - 0.05 and row["F recentred"] < same["F recentred"] - 0.05
+    assert abs(row["F rescaled"] - same["F rescaled"]) < 0.03
+
+
+def test_a_shifted_sample_is_read_as_shifted_and_recentring_recovers_f():
+    same, row = fs.spread_row(*samples(seed=3)), fs.spread_row(*samples(shift=2.0, seed=3))
+    assert 0.85 < row["spread"] < 1.15 and 1.5 < row["shift"] < 2.5
+    assert row["F"] < same["F"] - 0.05 and row["F rescaled"] < same["F rescaled"] - 0.05
+    assert abs(row["F recentred"] - same["F recentred"]) < 0.03
+
+
+def test_constant_retrains_are_refused():
+    u, r = samples()
+    r[:, 3] = 0.0
+    with pytest.raises(UserError, match="same confidence in every reference retrain"):
+        fs.spread_row(u, r)
