@@ -10,7 +10,8 @@ method and setting, and one for the pool's first N retrains (the ceiling's side)
 example, the N unlearned models' logit-scaled confidences are one sample and the reference
 retrains' (the pool's second N, as F uses them) the other; the row gives, as medians over D_f:
 - spread: the sample's standard deviation over the retrains';
-- shift: |its mean - the retrains' mean| in the retrains' standard deviations;
+- |shift|: |its mean - the retrains' mean| in the retrains' standard deviations, and shift, the
+  same with its sign (above 0: more confident on D_f than retraining, as a model that remembers);
 then F as recorded, and F again after each example's unlearned sample is moved to the retrains'
 mean (recentred), scaled to their standard deviation around its own mean (rescaled), or both:
 how much of the gap to the ceiling each part of the difference costs. A moved sample matches the
@@ -39,7 +40,7 @@ from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_confidence  # noqa: E402
 from kga_fast.run import open_run  # noqa: E402
 
-COLUMNS = ("N", "spread", "shift", "F", "F recentred", "F rescaled", "F both", "ceiling")
+COLUMNS = ("N", "spread", "|shift|", "shift", "F", "F recentred", "F rescaled", "F both", "ceiling")
 
 
 def moved(unlearned: np.ndarray, retrained: np.ndarray, *, centre: bool, scale: bool) -> np.ndarray:
@@ -58,10 +59,11 @@ def spread_row(unlearned: np.ndarray, retrained: np.ndarray) -> dict[str, float]
     sd_r = retrained.std(0, ddof=1)
     if (sd_r == 0).any():
         raise UserError("a forget example has the same confidence in every reference retrain")
-    shift = np.abs(unlearned.mean(0) - retrained.mean(0)) / sd_r
+    shift = (unlearned.mean(0) - retrained.mean(0)) / sd_r
     row = {
         "N": unlearned.shape[0],
         "spread": float(np.median(unlearned.std(0, ddof=1) / sd_r)),
+        "|shift|": float(np.median(np.abs(shift))),
         "shift": float(np.median(shift)),
         "F": forgetting_quality(unlearned, retrained),
     }

@@ -49,7 +49,7 @@ def test_moved_leaves_a_constant_sample_constant():
 
 def test_same_distribution_reads_as_one_spread_and_no_shift():
     row = fs.spread_row(*samples(seed=1))
-    assert 0.85 < row["spread"] < 1.15 and row["shift"] < 0.5
+    assert 0.85 < row["spread"] < 1.15 and row["|shift|"] < 0.5 and abs(row["shift"]) < 0.2
 
 
 # A move makes a sample's mean or spread equal the reference's exactly, which scores above the
@@ -58,14 +58,19 @@ def test_same_distribution_reads_as_one_spread_and_no_shift():
 
 def test_a_narrow_sample_is_read_as_narrow_and_rescaling_recovers_f():
     same, row = fs.spread_row(*samples(seed=2)), fs.spread_row(*samples(spread=0.2, seed=2))
-    assert 0.15 < row["spread"] < 0.25 and row["shift"] < 0.5
+    assert 0.15 < row["spread"] < 0.25 and row["|shift|"] < 0.5
     assert row["F"] < same["F"] - 0.05 and row["F recentred"] < same["F recentred"] - 0.05
     assert abs(row["F rescaled"] - same["F rescaled"]) < 0.03
 
 
-def test_a_shifted_sample_is_read_as_shifted_and_recentring_recovers_f():
-    same, row = fs.spread_row(*samples(seed=3)), fs.spread_row(*samples(shift=2.0, seed=3))
-    assert 0.85 < row["spread"] < 1.15 and 1.5 < row["shift"] < 2.5
+@pytest.mark.parametrize("shift", [2.0, -2.0])
+def test_a_shifted_sample_is_read_as_shifted_and_recentring_recovers_f(shift):
+    same, row = fs.spread_row(*samples(seed=3)), fs.spread_row(*samples(shift=shift, seed=3))
+    assert (
+        0.85 < row["spread"] < 1.15
+        and 1.5 < row["|shift|"] < 2.5
+        and 1.5 < row["shift"] * np.sign(shift) < 2.5
+    )
     assert row["F"] < same["F"] - 0.05 and row["F rescaled"] < same["F rescaled"] - 0.05
     assert abs(row["F recentred"] - same["F recentred"]) < 0.03
 
