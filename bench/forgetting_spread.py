@@ -21,7 +21,6 @@ the retrains' row in the same column (the first N retrains, moved alike).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -32,13 +31,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from targets import method_rows  # noqa: E402  (bench/targets.py: one row per method and setting)
 
-from kga_fast import accel  # noqa: E402
 from kga_fast.checkpoint import load_model  # noqa: E402
-from kga_fast.config import add_run_args, run_config_from_args, use_quick_subsets  # noqa: E402
 from kga_fast.errors import UserError, cli_main  # noqa: E402
 from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_confidence  # noqa: E402
-from kga_fast.run import open_run  # noqa: E402
+from kga_fast.run import open_run_from_cli  # noqa: E402
 
 COLUMNS = ("N", "spread", "|shift|", "shift", "F", "F recentred", "F rescaled", "F both", "ceiling")
 
@@ -118,18 +115,7 @@ def spread_table(run, accelerator) -> str:
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_run_args(parser)
-    parser.add_argument(
-        "--full", action="store_true", help="the whole dataset (else the quick run's subsets)"
-    )
-    args = parser.parse_args(argv)
-    use_quick_subsets(args)
-    cfg = run_config_from_args(args)
-    accelerator = accel.make_accelerator(cfg.mixed_precision)
-    run = open_run(cfg, accelerator)
+    run, accelerator = open_run_from_cli(__doc__, argv)
     accelerator.print(f"{run.describe(accelerator)}\n\n{spread_table(run, accelerator)}")
 
 

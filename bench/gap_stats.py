@@ -15,7 +15,6 @@ It reads A_r, so run it on a tuning split only.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,13 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kga_fast import accel  # noqa: E402
-from kga_fast.config import add_run_args, run_config_from_args, use_quick_subsets  # noqa: E402
 from kga_fast.errors import cli_main  # noqa: E402
 from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.losses import kl_rows  # noqa: E402
 from kga_fast.pretrain import ensure_pretrained  # noqa: E402
-from kga_fast.run import open_run  # noqa: E402
+from kga_fast.run import open_run_from_cli  # noqa: E402
 
 ROWS = (  # (label, p, q, subset): KL(p || q) per image of the subset
     ("the gap KL(A_d ‖ A_n) on D_n", "Ad", "An", "new"),
@@ -54,18 +51,7 @@ def gap_table(run, models, accelerator) -> str:
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_run_args(parser)
-    parser.add_argument(
-        "--full", action="store_true", help="the whole dataset (else the quick run's subsets)"
-    )
-    args = parser.parse_args(argv)
-    use_quick_subsets(args)
-    cfg = run_config_from_args(args)
-    accelerator = accel.make_accelerator(cfg.mixed_precision)
-    run = open_run(cfg, accelerator)
+    run, accelerator = open_run_from_cli(__doc__, argv)
     models = ensure_pretrained(run, accelerator, allow_train=False)
     accelerator.print(f"{run.describe(accelerator)}\n\n{gap_table(run, models, accelerator)}")
 

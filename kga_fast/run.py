@@ -6,6 +6,7 @@ images, labels = run.subset("retain")   # uint8 (N, C, 32, 32), int64 (N,)
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from kga_fast.config import RunConfig
+from kga_fast import accel
+from kga_fast.config import RunConfig, add_run_args, run_config_from_args, use_quick_subsets
 from kga_fast.data import ImageSet, load_images
 from kga_fast.errors import UserError
 from kga_fast.evaluation.pool import check_pool_size
@@ -144,3 +146,22 @@ def open_run(cfg: RunConfig, accelerator=None) -> Run:
         accelerator.wait_for_everyone()
         splits = make()
     return Run(cfg=cfg, splits=splits, train=train, test=test)
+
+
+def open_run_from_cli(description: str, argv=None) -> tuple[Run, object]:
+    """(run, accelerator) of the run folder named on a command line with the options it was made
+    with (kga_fast.config's run options and --full): for the scripts that read a finished run."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_run_args(parser)
+    parser.add_argument(
+        "--full", action="store_true", help="the whole dataset (else the quick run's subsets)"
+    )
+    args = parser.parse_args(argv)
+    use_quick_subsets(args)
+    cfg = run_config_from_args(args)
+    if not cfg.run_dir.is_dir():  # read, never made here
+        raise UserError(f"no run folder {cfg.run_dir}: give the --run-dir of a finished run")
+    accelerator = accel.make_accelerator(cfg.mixed_precision)
+    return open_run(cfg, accelerator), accelerator

@@ -80,3 +80,11 @@ def test_constant_retrains_are_refused():
     r[:, 3] = 0.0
     with pytest.raises(UserError, match="same confidence in every reference retrain"):
         fs.spread_row(u, r)
+
+
+def test_a_missing_run_folder_is_refused_and_not_made(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    with pytest.raises(SystemExit) as exit_info:
+        fs.main(["--run-dir", str(missing), "--seed", "1"])
+    assert exit_info.value.code == 2 and "no run folder" in capsys.readouterr().err
+    assert not missing.exists()
