@@ -96,13 +96,14 @@ def spread_table(run, accelerator) -> str:
     first, reference = confidences(members[:n]), confidences(members[n : 2 * n])
     lines = ["| models | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
 
-    def add(label: str, unlearned: np.ndarray, ceiling: float) -> dict[str, float]:
-        row = spread_row(unlearned, reference) | {"ceiling": ceiling}
+    def add(label: str, unlearned: np.ndarray, ceiling: float | None = None) -> dict[str, float]:
+        row = spread_row(unlearned, reference)
+        row["ceiling"] = row["F"] if ceiling is None else ceiling  # the first N retrains: F is it
         cells = [f"{row[c]}" if c == "N" else f"{row[c]:.3f}" for c in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
         return row
 
-    add("retrains (the pool's first N)", first, forgetting_quality(first, reference))
+    add("retrains (the pool's first N)", first)
     for label, records in groups.items():
         quality = records[0]["forgetting_quality"]
         if len(records) != n:
