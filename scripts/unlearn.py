@@ -28,8 +28,9 @@ from kga_fast.config import QUICK_SUBSETS, add_run_args, run_config_from_args, s
 from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
-from kga_fast.methods import METHODS, RECOMMENDED, check_baseline_config, resolve
+from kga_fast.methods import METHODS, RECOMMENDED, TRAINED, check_baseline_config, resolve
 from kga_fast.methods.kga import OPTIMIZERS, STARTS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
+from kga_fast.methods.trained import SCHEDULES, BaselineConfig
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
@@ -53,6 +54,12 @@ OVERRIDES = {
     "holdout": float,
     "check_every": int,
     "start": str,
+}
+# --option -> the trained methods that read that BaselineConfig field (schedule: all of them;
+# the others: the methods that name it in their registry entry's `fields`).
+METHOD_SETTINGS = {"schedule": TRAINED} | {
+    name: tuple(m for m in TRAINED if name in METHODS[m].fields)
+    for name in dict.fromkeys(f for m in TRAINED for f in METHODS[m].fields)
 }
 
 
@@ -107,6 +114,18 @@ def parse_args(argv=None) -> argparse.Namespace:
             default=None,
             help=f"override the preset's {name}",
         )
+    m = parser.add_argument_group(
+        "settings of the trained methods (kga_fast.methods.trained.BaselineConfig; default: the preset's)"
+    )
+    for name, readers in METHOD_SETTINGS.items():
+        m.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(getattr(BaselineConfig, name)),
+            choices=SCHEDULES if name == "schedule" else None,
+            default=None,
+            help=f"{'every trained method' if name == 'schedule' else ', '.join(readers)}: "
+            f"override the preset's {name}",
+        )
     g.add_argument("--no-cache-teachers", action="store_true", help="run the teachers every step")
     g.add_argument(
         "--prefix-cache-gb",
@@ -159,7 +178,9 @@ def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         raise UserError("--method retrain is A_r itself: it cannot run with --no-retrain")
     if args.no_retrain and args.retrains != parser.get_default("retrains"):
         raise UserError("--retrains trains a pool of A_r: it cannot run with --no-retrain")
-    unused = () if args.method == "kga" else KGA_ONLY + (TRAINING if args.method == "retrain" else ())
+    method = resolve(args.method)[0]
+    unused = () if method == "kga" else KGA_ONLY + (TRAINING if method == "retrain" else ())
+    unused += tuple(name for name, readers in METHOD_SETTINGS.items() if method not in readers)
     given = [d for d in unused if getattr(args, d) != parser.get_default(d)]
     if given:
         flags = ", ".join("--retain-ratio" if d == "ratio" else "--" + d.replace("_", "-") for d in given)
@@ -183,11 +204,12 @@ def unlearn_config(args: argparse.Namespace):
 
 def baseline_config(args: argparse.Namespace):
     """A trained method's preset with the command line's overrides (the options it shares with
-    KGA); the quick run caps a preset's epochs, not the recommended setting's (it was measured)."""
+    KGA and its own settings); the quick run caps a preset's epochs, not the recommended
+    setting's (it was measured)."""
     cfg = dataclasses.replace(resolve(args.method)[1])
     if not args.full and args.method != "recommended":
         cfg.epochs = min(cfg.epochs, QUICK_EPOCHS)
-    for name in ("lr", "momentum", "weight_decay", "batch_size", "epochs"):
+    for name in ("lr", "momentum", "weight_decay", "batch_size", "epochs", *METHOD_SETTINGS):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     return check_baseline_config(cfg)

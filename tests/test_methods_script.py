@@ -107,12 +107,13 @@ def test_recommended_runs_its_method_with_the_measured_setting(tmp_path):
     help_text = subprocess.run([sys.executable, SCRIPT, "--help"], env=ENV, capture_output=True, text=True)
     assert "recommended: " in help_text.stdout and "bench/RESULTS.md" in help_text.stdout
     run_dir = seeded_run(tmp_path / "run")
-    out = unlearn(run_dir, "--method", "recommended", "--batch-size", "16", "--freeze", "1,2,3")
+    setting = ["--batch-size", "16", "--schedule", "cosine"]  # every trained method reads both
+    out = unlearn(run_dir, "--method", "recommended", *setting, "--freeze", "1,2,3")
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"--method recommended: {RECOMMENDED.describe()}" in out.stdout
     (record,) = json.loads((run_dir / "results.json").read_text())["runs"]
     assert record["method"] == RECOMMENDED.method
-    expected = {**RECOMMENDED.overrides, "batch_size": 16}
+    expected = {**RECOMMENDED.overrides, "batch_size": 16, "schedule": "cosine"}
     assert {k: record["config"][k] for k in expected} == expected
 
 
@@ -131,6 +132,17 @@ def test_options_a_method_does_not_use_are_refused(tmp_path):
         ): "does not use --preset, --retain-ratio",
         ("--method", "retrain", "--freeze", "1,2"): "--method retrain does not use --freeze",
         ("--method", "retrain", "--epochs", "1"): "--method retrain does not use --epochs",
+        ("--method", "kga", "--reset-share", "0.5"): "--method kga does not use --reset-share",
+        (
+            "--method",
+            "salun",
+            "--schedule",
+            "cosine",
+            "--alpha",
+            "0.1",
+        ): "--method salun does not use --alpha",
+        ("--method", "recommended", "--saliency", "0.5"): "--method recommended does not use --saliency",
+        ("--method", "msg", "--reset-share", "0"): "reset share must be in (0, 1], got 0.0",
     }
     for args, message in cases.items():
         out = unlearn(run_dir, *args)
