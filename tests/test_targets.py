@@ -71,6 +71,9 @@ def test_time_target_is_max_time_retrains():
     assert not targets.cells(pool(), [record(seconds=40.0)], max_time=0.35)["time"][1]
     with_helpers = record(seconds=20.0) | {"helper_seconds": {"Af": 10.0, "An": 10.0}}
     assert targets.cells(pool(), [with_helpers], max_time=0.35)["time"][0] == pytest.approx(0.4)
+    # judged against a pool of 8: a retrain's time is the pool's mean (A_r 100 s, 7 others 60 s each)
+    pooled = record(seconds=40.0, retrains=8) | {"phases": {"retrain_pool": 7 * 60.0}}
+    assert targets.cells(pool(), [pooled])["time"][0] == pytest.approx(40.0 / 65.0)
 
 
 def write_run(folder: Path, records: list[dict]) -> Path:
