@@ -120,32 +120,18 @@ def test_recommended_runs_its_method_with_the_measured_setting(tmp_path):
 def test_options_a_method_does_not_use_are_refused(tmp_path):
     run_dir = seeded_run(tmp_path / "run")
     cases = {
-        ("--method", "finetune", "--inner-steps", "3"): "--method finetune does not use --inner-steps",
-        ("--method", "msg", "--start", "ct"): "--method msg does not use --start",
-        (
-            "--method",
-            "scrub",
-            "--preset",
-            "paper",
-            "--retain-ratio",
-            "0.5",
-        ): "does not use --preset, --retain-ratio",
-        ("--method", "retrain", "--freeze", "1,2"): "--method retrain does not use --freeze",
-        ("--method", "retrain", "--epochs", "1"): "--method retrain does not use --epochs",
-        ("--method", "kga", "--reset-share", "0.5"): "--method kga does not use --reset-share",
-        (
-            "--method",
-            "salun",
-            "--schedule",
-            "cosine",
-            "--alpha",
-            "0.1",
-        ): "--method salun does not use --alpha",
-        ("--method", "recommended", "--saliency", "0.5"): "--method recommended does not use --saliency",
-        ("--method", "msg", "--reset-share", "0"): "reset share must be in (0, 1], got 0.0",
+        "--method finetune --inner-steps 3": "--method finetune does not use --inner-steps",
+        "--method msg --start ct": "--method msg does not use --start",
+        "--method scrub --preset paper --retain-ratio 0.5": "does not use --preset, --retain-ratio",
+        "--method retrain --freeze 1,2": "--method retrain does not use --freeze",
+        "--method retrain --epochs 1": "--method retrain does not use --epochs",
+        "--method kga --reset-share 0.5": "--method kga does not use --reset-share",
+        "--method salun --schedule cosine --alpha 0.1": "--method salun does not use --alpha",
+        "--method recommended --saliency 0.5": "--method recommended does not use --saliency",
+        "--method msg --reset-share 0": "reset share must be in (0, 1], got 0.0",
     }
     for args, message in cases.items():
-        out = unlearn(run_dir, *args)
+        out = unlearn(run_dir, *args.split())
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-500:])
         assert "Traceback" not in out.stderr
     assert not (run_dir / "results.json").exists()
