@@ -35,6 +35,7 @@ from kga_fast.checkpoint import load_model  # noqa: E402
 from kga_fast.errors import UserError, cli_main  # noqa: E402
 from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_confidence  # noqa: E402
+from kga_fast.pipeline import EVAL_SPLITS, reference_outputs_cached  # noqa: E402
 from kga_fast.run import open_run_from_cli  # noqa: E402
 
 COLUMNS = ("N", "spread", "|shift|", "shift", "F", "F recentred", "F rescaled", "F both", "ceiling")
@@ -92,8 +93,16 @@ def spread_table(run, accelerator) -> str:
             out.append(logit_scaled_confidence(logits, labels))
         return np.stack(out)
 
-    members = [Path(c).stem for c in pool["checkpoints"]]
-    first, reference = confidences(members[:n]), confidences(members[n : 2 * n])
+    # The pool's logits as the runs scored them: the pipeline's reference cache (made once per
+    # folder; computed and kept here if it is missing or stale).
+    members = [Path(c).stem for c in pool["checkpoints"]][: 2 * n]
+    splits = {s: run.subset(s) for s in EVAL_SPLITS}
+    pool_models = {m: load_model(run_dir, m, device=accelerator.device)[0] for m in members}
+    cached, _ = reference_outputs_cached(
+        run, pool_models, splits, {s: y for s, (_, y) in splits.items()}, accelerator
+    )
+    pool_conf = np.stack([logit_scaled_confidence(cached["forget"][m], labels) for m in members])
+    first, reference = pool_conf[:n], pool_conf[n:]
     lines = ["| models | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
 
     def add(label: str, unlearned: np.ndarray, ceiling: float | None = None) -> dict[str, float]:
