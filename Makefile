@@ -44,8 +44,8 @@ bench: install
 	$(VENV)/bin/python -m pytest bench -q --benchmark-enable -s
 
 lint: install
-	$(VENV)/bin/ruff check kga_fast scripts tests bench
-	$(VENV)/bin/ruff format --check kga_fast scripts tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf build *.egg-info kga_fast/*.so $(STAMP)

@@ -62,8 +62,10 @@ def native_extensions():
             extra_link_args=link_flags,
             define_macros=[("KGA_FAST_WITH_CUDA", "1")],
         )
-        print(f"kga_fast: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME}, "
-              f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
+        print(
+            f"kga_fast: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME}, "
+            f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})"
+        )
     else:
         ext = CppExtension(
             "kga_fast._C",
