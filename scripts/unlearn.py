@@ -56,11 +56,12 @@ OVERRIDES = {
     "start": str,
 }
 # --option -> the trained methods that read that BaselineConfig field (schedule: all of them;
-# the others: the methods that name it in their registry entry's `fields`).
+# the others: the methods that name it in their registry entry's `fields`), and its choices.
 METHOD_SETTINGS = {"schedule": TRAINED} | {
     name: tuple(m for m in TRAINED if name in METHODS[m].fields)
     for name in dict.fromkeys(f for m in TRAINED for f in METHODS[m].fields)
 }
+SETTING_CHOICES = {"schedule": SCHEDULES}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,9 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         m.add_argument(
             "--" + name.replace("_", "-"),
             type=type(getattr(BaselineConfig, name)),
-            choices=SCHEDULES if name == "schedule" else None,
+            choices=SETTING_CHOICES.get(name),
             default=None,
-            help=f"{'every trained method' if name == 'schedule' else ', '.join(readers)}: "
+            help=f"{'every trained method' if readers == TRAINED else ', '.join(readers)}: "
             f"override the preset's {name}",
         )
     g.add_argument("--no-cache-teachers", action="store_true", help="run the teachers every step")
