@@ -1,5 +1,5 @@
 """Why forgetting quality F sits below its ceiling: are the unlearned models' confidences on D_f
-shifted from the retrains', or narrower? (issue 17, bench/RESULTS.md)
+shifted from the retrains', narrower, or still where A_d's are? (issue 17, bench/RESULTS.md)
 
     python bench/forgetting_spread.py --run-dir runs/f16-s1 --seed 1 --train-subset 2000 \\
       --test-subset 1000 --forget-fraction 0.1 --retrains 32
@@ -12,11 +12,18 @@ retrains' (the pool's second N, as F uses them) the other; the row gives, as med
 - spread: the sample's standard deviation over the retrains';
 - |shift|: |its mean - the retrains' mean| in the retrains' standard deviations, and shift, the
   same with its sign (above 0: more confident on D_f than retraining, as a model that remembers);
+- kept: how much of A_d's own difference from the retrains the shift keeps, per example: the
+  least-squares slope of shift on A_d's excess (A_d's confidence - the retrains' mean, in their
+  standard deviations) over D_f. 1: each example's sample sits where A_d sits; 0: wherever A_d
+  sits, as a retrain's would. A memory of A_d's training, image by image, that a per-example
+  membership test reads;
 then F as recorded, and F again after each example's unlearned sample is moved to the retrains'
-mean (recentred), scaled to their standard deviation around its own mean (rescaled), or both:
-how much of the gap to the ceiling each part of the difference costs. A moved sample matches the
-reference's mean or spread exactly, which scores above the ceiling: read each moved F against
-the retrains' row in the same column (the first N retrains, moved alike).
+mean (recentred), scaled to their standard deviation around its own mean (rescaled), or both,
+and moved by -kept x (its excess - the mean excess over D_f), which takes out the part of the
+shift that follows A_d and keeps the average shift (unkept): how much of the gap to the ceiling
+each part of the difference costs. A moved sample matches the reference's mean or spread
+exactly, which scores above the ceiling: read each moved F against the retrains' row in the same
+column (the first N retrains, moved alike).
 """
 
 from __future__ import annotations
@@ -38,7 +45,19 @@ from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_conf
 from kga_fast.pipeline import EVAL_SPLITS, reference_outputs_cached  # noqa: E402
 from kga_fast.run import open_run_from_cli  # noqa: E402
 
-COLUMNS = ("N", "spread", "|shift|", "shift", "F", "F recentred", "F rescaled", "F both", "ceiling")
+COLUMNS = (
+    "N",
+    "spread",
+    "|shift|",
+    "shift",
+    "kept",
+    "F",
+    "F recentred",
+    "F rescaled",
+    "F both",
+    "F unkept",
+    "ceiling",
+)
 
 
 def moved(unlearned: np.ndarray, retrained: np.ndarray, *, centre: bool, scale: bool) -> np.ndarray:
@@ -52,18 +71,23 @@ def moved(unlearned: np.ndarray, retrained: np.ndarray, *, centre: bool, scale: 
     return deviation + (retrained.mean(0) if centre else mean_u)
 
 
-def spread_row(unlearned: np.ndarray, retrained: np.ndarray) -> dict[str, float]:
-    """The row's values (module doc) for (N, M) confidences of unlearned and reference models."""
+def spread_row(unlearned: np.ndarray, retrained: np.ndarray, original: np.ndarray) -> dict[str, float]:
+    """The row's values (module doc) for (N, M) confidences of unlearned and reference models and
+    A_d's (M,)."""
     sd_r = retrained.std(0, ddof=1)
     if (sd_r == 0).any():
         raise UserError("a forget example has the same confidence in every reference retrain")
     shift = (unlearned.mean(0) - retrained.mean(0)) / sd_r
+    excess = (original - retrained.mean(0)) / sd_r
+    kept = float(np.polyfit(excess, shift, 1)[0])
     row = {
         "N": unlearned.shape[0],
         "spread": float(np.median(unlearned.std(0, ddof=1) / sd_r)),
         "|shift|": float(np.median(np.abs(shift))),
         "shift": float(np.median(shift)),
+        "kept": kept,
         "F": forgetting_quality(unlearned, retrained),
+        "F unkept": forgetting_quality(unlearned - kept * (excess - excess.mean()) * sd_r, retrained),
     }
     for name, centre, scale in (("recentred", True, False), ("rescaled", False, True), ("both", True, True)):
         row[f"F {name}"] = forgetting_quality(
@@ -97,16 +121,17 @@ def spread_table(run, accelerator) -> str:
     # folder; computed and kept here if it is missing or stale).
     members = [Path(c).stem for c in pool["checkpoints"]][: 2 * n]
     splits = {s: run.subset(s) for s in EVAL_SPLITS}
-    pool_models = {m: load_model(run_dir, m, device=accelerator.device)[0] for m in members}
+    reference_models = {m: load_model(run_dir, m, device=accelerator.device)[0] for m in ("Ad", *members)}
     cached, _ = reference_outputs_cached(
-        run, pool_models, splits, {s: y for s, (_, y) in splits.items()}, accelerator
+        run, reference_models, splits, {s: y for s, (_, y) in splits.items()}, accelerator
     )
     pool_conf = np.stack([logit_scaled_confidence(cached["forget"][m], labels) for m in members])
     first, reference = pool_conf[:n], pool_conf[n:]
+    original = logit_scaled_confidence(cached["forget"]["Ad"], labels)
     lines = ["| models | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
 
     def add(label: str, unlearned: np.ndarray, ceiling: float | None = None) -> dict[str, float]:
-        row = spread_row(unlearned, reference)
+        row = spread_row(unlearned, reference, original)
         row["ceiling"] = row["F"] if ceiling is None else ceiling  # the first N retrains: F is it
         cells = [f"{row[c]}" if c == "N" else f"{row[c]:.3f}" for c in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

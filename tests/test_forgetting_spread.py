@@ -1,6 +1,6 @@
-"""bench/forgetting_spread.py, which splits the gap between F and its ceiling into a shift and a
-narrowing of the unlearned models' confidences: its moves reach the retrains' mean and spread,
-and each measure reads a known difference between two samples."""
+"""bench/forgetting_spread.py, which splits the gap between F and its ceiling into a shift, a
+narrowing and A_d's memory in the unlearned models' confidences: its moves reach the retrains'
+mean and spread, and each measure reads a known difference between two samples."""
 
 from __future__ import annotations
 
@@ -19,19 +19,21 @@ from kga_fast.errors import UserError  # noqa: E402
 N, M = 16, 120
 
 
-def samples(spread=1.0, shift=0.0, seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """(unlearned, retrained) confidences: per example a retrain mean and sd, the unlearned sample
-    `shift` sds away and `spread` times as wide."""
+def samples(spread=1.0, shift=0.0, kept=0.0, seed=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unlearned, retrained, original) confidences: per example a retrain mean and sd, A_d's
+    confidence some sds from the mean (its excess), the unlearned sample `shift` + `kept` x that
+    excess sds away from the mean and `spread` times as wide."""
     rng = np.random.default_rng(seed)
     centre, sd = rng.normal(2.0, 2.0, size=M), rng.uniform(0.5, 1.5, size=M)
+    excess = rng.normal(0.3, 1.5, size=M)
     retrained = centre + sd * rng.standard_normal((N, M))
-    unlearned = centre + shift * sd + spread * sd * rng.standard_normal((N, M))
-    return unlearned, retrained
+    unlearned = centre + (shift + kept * excess) * sd + spread * sd * rng.standard_normal((N, M))
+    return unlearned, retrained, centre + excess * sd
 
 
 @pytest.mark.parametrize("centre,scale", [(True, False), (False, True), (True, True)])
 def test_moved_takes_the_retrains_mean_or_spread_and_keeps_the_rest(centre, scale):
-    u, r = samples(spread=0.3, shift=1.0)
+    u, r, _ = samples(spread=0.3, shift=1.0)
     out = fs.moved(u, r, centre=centre, scale=scale)
     want_mean, want_sd = (r if centre else u).mean(0), (r if scale else u).std(0, ddof=1)
     assert np.allclose(out.mean(0), want_mean) and np.allclose(out.std(0, ddof=1), want_sd)
@@ -41,15 +43,16 @@ def test_moved_takes_the_retrains_mean_or_spread_and_keeps_the_rest(centre, scal
 
 
 def test_moved_leaves_a_constant_sample_constant():
-    u, r = samples()
+    u, r, _ = samples()
     u[:, 0] = 1.5
     out = fs.moved(u, r, centre=True, scale=True)
     assert np.allclose(out[:, 0], r[:, 0].mean())
 
 
-def test_same_distribution_reads_as_one_spread_and_no_shift():
+def test_same_distribution_reads_as_one_spread_no_shift_and_nothing_kept():
     row = fs.spread_row(*samples(seed=1))
     assert 0.85 < row["spread"] < 1.15 and row["|shift|"] < 0.5 and abs(row["shift"]) < 0.2
+    assert abs(row["kept"]) < 0.1 and abs(row["F unkept"] - row["F"]) < 0.01
 
 
 # A move makes a sample's mean or spread equal the reference's exactly, which scores above the
@@ -75,11 +78,18 @@ def test_a_shifted_sample_is_read_as_shifted_and_recentring_recovers_f(shift):
     assert abs(row["F recentred"] - same["F recentred"]) < 0.03
 
 
+def test_a_sample_that_follows_a_d_is_read_as_kept_and_unkeeping_recovers_f():
+    same, row = fs.spread_row(*samples(seed=4)), fs.spread_row(*samples(kept=0.6, seed=4))
+    assert 0.5 < row["kept"] < 0.7 and abs(row["shift"] - 0.6 * 0.3) < 0.3  # the excess's mean is 0.3
+    assert row["F"] < same["F"] - 0.05 and row["F rescaled"] < same["F rescaled"] - 0.05
+    assert abs(row["F unkept"] - same["F"]) < 0.03  # the average shift of 0.18 sds is kept
+
+
 def test_constant_retrains_are_refused():
-    u, r = samples()
+    u, r, a = samples()
     r[:, 3] = 0.0
     with pytest.raises(UserError, match="same confidence in every reference retrain"):
-        fs.spread_row(u, r)
+        fs.spread_row(u, r, a)
 
 
 def test_a_missing_run_folder_is_refused_and_not_made(tmp_path, capsys):
