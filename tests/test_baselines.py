@@ -290,11 +290,14 @@ def test_ct_transposes_the_trainable_kernels_only(task):
             assert torch.equal(after, before), name
 
 
-def test_msg_resets_the_low_saliency_share_of_each_conv_and_slows_the_rest(task, acc):
+@pytest.mark.parametrize("saliency", ["low", "high"])
+def test_msg_resets_the_low_or_high_saliency_share_of_each_conv_and_slows_the_rest(task, acc, saliency):
     models, data = task
     net = copy.deepcopy(models["Ad"]).requires_grad_(True)
     params = list(net.parameters())
-    cfg = dataclasses.replace(BASELINE_PRESETS["msg"], batch_size=32, reset_share=0.25)
+    cfg = dataclasses.replace(
+        BASELINE_PRESETS["msg"], batch_size=32, reset_share=0.25, reset_saliency=saliency
+    )
     training = msg.setup(Setup(net, params, data, cfg, models, 0, acc, K))
     # The gradient, directly: CE summed over the same D_r sample minus CE summed over D_f, at A_d.
     g = torch.Generator().manual_seed(stream_seed(0, 5))
@@ -312,8 +315,9 @@ def test_msg_resets_the_low_saliency_share_of_each_conv_and_slows_the_rest(task,
         reset = w != w0
         k = round(0.25 * w.numel())
         assert reset.sum().item() == k, name  # fresh values differ from A_d's almost surely
-        mag = grads[f"{name}.weight"].abs()  # the reset ones are the smallest (up to summation order)
-        assert mag[reset].max() <= mag[~reset].min() + 1e-5 * mag.max(), name
+        mag = grads[f"{name}.weight"].abs()  # the reset ones are the smallest or the largest
+        low, high = (mag[reset], mag[~reset]) if saliency == "low" else (mag[~reset], mag[reset])
+        assert low.max() <= high.min() + 1e-5 * mag.max(), name  # (up to summation order)
         scale = training.grad_scale[w]
         assert torch.equal(scale, torch.where(reset, 1.0, 0.1))
 
@@ -393,6 +397,7 @@ def test_retrain_is_ar_timed_by_its_training(task, tmp_path):
         (dict(alpha=-1.0), "alpha must not be negative"),
         (dict(schedule="step"), "unknown schedule"),
         (dict(reset_share=0.0), "reset share must be in"),
+        (dict(reset_saliency="mid"), "unknown reset saliency"),
         (dict(retain_weight=1.5), "retain weight must be in"),
     ],
 )

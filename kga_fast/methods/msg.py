@@ -5,7 +5,10 @@ In each trainable conv layer the share `reset_share` (0.3) of weights with the s
 re-initialized (Kaiming normal, fan-out, as a fresh ResNet's convs), and the gradients of that
 layer's other weights are scaled by `kept_grad_scale` (0.1) for the whole run; then fine-tuning
 on D_r (a SNIP-style saliency, as the reference computes it: the weights that matter to the
-retain-minus-forget loss are kept, the rest start afresh). The original hyperparameters: SGD lr 0.001, momentum 0.9,
+retain-minus-forget loss are kept, the rest start afresh). `reset_saliency` "high" (ours, not
+the challenge's) re-initializes the share with the largest |g| instead: the weights that matter
+most to that loss, where A_d's memory of D_f may live (bench/RESULTS.md, "Issue 17, ninth
+session"). The original hyperparameters: SGD lr 0.001, momentum 0.9,
 weight decay 5e-4, batch 64, 5 epochs, a learning rate that rises linearly to its peak at
 mid-run and falls back ("triangle"; the original steps it per epoch, here per step). The
 gradient is taken in eval mode (BatchNorm statistics untouched), seeded, and the same on every
@@ -35,7 +38,8 @@ def setup(ctx: Setup) -> Training:
                 continue
             flat = grads[w].abs().flatten()
             reset = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-            reset[torch.argsort(flat, stable=True)[: round(cfg.reset_share * flat.numel())]] = True
+            order = torch.argsort(flat, stable=True, descending=cfg.reset_saliency == "high")
+            reset[order[: round(cfg.reset_share * flat.numel())]] = True
             reset = reset.view_as(w)
             fresh = torch.nn.init.kaiming_normal_(
                 torch.empty(w.shape), mode="fan_out", nonlinearity="relu", generator=g
@@ -51,6 +55,6 @@ METHOD = Method(
     "msg",
     "re-initialize the low-saliency conv weights, fine-tune on D_r (MSG, the challenge's 2nd)",
     BaselineConfig("msg", lr=0.001, batch_size=64, epochs=5, schedule="triangle"),
-    fields=("reset_share", "kept_grad_scale"),
+    fields=("reset_share", "kept_grad_scale", "reset_saliency"),
     setup=setup,
 )

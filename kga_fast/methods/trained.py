@@ -36,6 +36,7 @@ from kga_fast.methods.common import MethodData, UnlearnResult, endless, start_fr
 from kga_fast.models import StagedNet
 
 SCHEDULES = ("constant", "cosine", "triangle")
+RESET_SALIENCIES = ("low", "high")  # MSG: which end of the saliency order is re-initialized
 
 
 @dataclass
@@ -59,6 +60,7 @@ class BaselineConfig:
     retain_weight: float = 0.95  # NegGrad+: alpha in alpha * CE(D_r) - (1 - alpha) * CE(D_f)
     reset_share: float = 0.3  # MSG: share of each conv layer's weights re-initialized
     kept_grad_scale: float = 0.1  # MSG: gradient scale of the conv weights not re-initialized
+    reset_saliency: str = "low"  # MSG: re-initialize the lowest-|g| share (the original) or the highest
     uniform_lr: float = 0.005  # FCS: learning rate of its first pass (D_f's outputs to uniform)
     forget_lr: float = 3e-4  # FCS: peak learning rate of its contrast passes (cosine)
 
@@ -176,6 +178,10 @@ def check_values(cfg: BaselineConfig) -> BaselineConfig:
     check_baseline_config); returns cfg."""
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if cfg.reset_saliency not in RESET_SALIENCIES:
+        raise UserError(
+            f"unknown reset saliency {cfg.reset_saliency!r}; choose one of {', '.join(RESET_SALIENCIES)}"
+        )
     for name in ("lr", "batch_size", "epochs", "forget_batch_size", "temperature", "uniform_lr", "forget_lr"):
         if not getattr(cfg, name) > 0:
             raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(cfg, name)}")
