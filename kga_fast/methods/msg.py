@@ -7,8 +7,8 @@ layer's other weights are scaled by `kept_grad_scale` (0.1) for the whole run; t
 on D_r (a SNIP-style saliency, as the reference computes it: the weights that matter to the
 retain-minus-forget loss are kept, the rest start afresh). `reset_saliency` "high" (ours, not
 the challenge's) re-initializes the share with the largest |g| instead: the weights that matter
-most to that loss, where A_d's memory of D_f may live (bench/RESULTS.md, "Issue 17, ninth
-session"). The original hyperparameters: SGD lr 0.001, momentum 0.9,
+most to that loss. Measured, it does not take out more of A_d's per-image memory of D_f
+(bench/RESULTS.md, "Issue 17, ninth session"). The original hyperparameters: SGD lr 0.001, momentum 0.9,
 weight decay 5e-4, batch 64, 5 epochs, a learning rate that rises linearly to its peak at
 mid-run and falls back ("triangle"; the original steps it per epoch, here per step). The
 gradient is taken in eval mode (BatchNorm statistics untouched), seeded, and the same on every
