@@ -8,9 +8,9 @@ on D_r (a SNIP-style saliency, as the reference computes it: the weights that ma
 retain-minus-forget loss are kept, the rest start afresh). `reset_saliency` "high" (ours, not
 the challenge's) re-initializes the share with the largest |g| instead: the weights that matter
 most to that loss. Measured, it does not take out more of A_d's per-image memory of D_f
-(bench/RESULTS.md, "Issue 17, ninth session"). The original hyperparameters: SGD lr 0.001, momentum 0.9,
-weight decay 5e-4, batch 64, 5 epochs, a learning rate that rises linearly to its peak at
-mid-run and falls back ("triangle"; the original steps it per epoch, here per step). The
+(bench/RESULTS.md, "Issue 17, ninth session"). The original hyperparameters: SGD lr 0.001,
+momentum 0.9, weight decay 5e-4, batch 64, 5 epochs, a learning rate that rises linearly to its
+peak at mid-run and falls back ("triangle"; the original steps it per epoch, here per step). The
 gradient is taken in eval mode (BatchNorm statistics untouched), seeded, and the same on every
 process.
 """
