@@ -77,8 +77,8 @@ def spread_row(unlearned: np.ndarray, retrained: np.ndarray, original: np.ndarra
     sd_r = retrained.std(0, ddof=1)
     if (sd_r == 0).any():
         raise UserError("a forget example has the same confidence in every reference retrain")
-    shift = (unlearned.mean(0) - retrained.mean(0)) / sd_r
-    excess = (original - retrained.mean(0)) / sd_r
+    mean_r = retrained.mean(0)
+    shift, excess = (unlearned.mean(0) - mean_r) / sd_r, (original - mean_r) / sd_r
     kept = float(np.polyfit(excess, shift, 1)[0])
     row = {
         "N": unlearned.shape[0],

@@ -30,7 +30,7 @@ from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
 from kga_fast.methods import METHODS, RECOMMENDED, TRAINED, check_baseline_config, resolve
 from kga_fast.methods.kga import OPTIMIZERS, STARTS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
-from kga_fast.methods.trained import RESET_SALIENCIES, SCHEDULES, BaselineConfig
+from kga_fast.methods.trained import CHOICES, BaselineConfig
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained, needed_models
 from kga_fast.run import open_run
@@ -56,12 +56,12 @@ OVERRIDES = {
     "start": str,
 }
 # --option -> the trained methods that read that BaselineConfig field (schedule: all of them;
-# the others: the methods that name it in their registry entry's `fields`), and its choices.
+# the others: the methods that name it in their registry entry's `fields`); its choices, if a few
+# words: kga_fast.methods.trained.CHOICES.
 METHOD_SETTINGS = {"schedule": TRAINED} | {
     name: tuple(m for m in TRAINED if name in METHODS[m].fields)
     for name in dict.fromkeys(f for m in TRAINED for f in METHODS[m].fields)
 }
-SETTING_CHOICES = {"schedule": SCHEDULES, "reset_saliency": RESET_SALIENCIES}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         m.add_argument(
             "--" + name.replace("_", "-"),
             type=type(getattr(BaselineConfig, name)),
-            choices=SETTING_CHOICES.get(name),
+            choices=CHOICES.get(name),
             default=None,
             help=f"{'every trained method' if readers == TRAINED else ', '.join(readers)}: "
             f"override the preset's {name}",

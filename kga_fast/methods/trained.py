@@ -35,8 +35,11 @@ from kga_fast.evaluation.evaluate import predict
 from kga_fast.methods.common import MethodData, UnlearnResult, endless, start_from_ad, stream_seed
 from kga_fast.models import StagedNet
 
-SCHEDULES = ("constant", "cosine", "triangle")
-RESET_SALIENCIES = ("low", "high")  # MSG: which end of the saliency order is re-initialized
+# The BaselineConfig fields that take one of a few words, and those words (the CLI's choices).
+CHOICES = {
+    "schedule": ("constant", "cosine", "triangle"),
+    "reset_saliency": ("low", "high"),  # MSG: which end of the saliency order is re-initialized
+}
 
 
 @dataclass
@@ -176,12 +179,11 @@ def loss_gradient(ctx: Setup, terms: list[tuple[torch.Tensor, torch.Tensor, floa
 def check_values(cfg: BaselineConfig) -> BaselineConfig:
     """UserError on a value that cannot work (the method's name: kga_fast.methods'
     check_baseline_config); returns cfg."""
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if cfg.reset_saliency not in RESET_SALIENCIES:
-        raise UserError(
-            f"unknown reset saliency {cfg.reset_saliency!r}; choose one of {', '.join(RESET_SALIENCIES)}"
-        )
+    for name, words in CHOICES.items():
+        if getattr(cfg, name) not in words:
+            raise UserError(
+                f"unknown {name.replace('_', ' ')} {getattr(cfg, name)!r}; choose one of {', '.join(words)}"
+            )
     for name in ("lr", "batch_size", "epochs", "forget_batch_size", "temperature", "uniform_lr", "forget_lr"):
         if not getattr(cfg, name) > 0:
             raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(cfg, name)}")
