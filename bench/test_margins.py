@@ -24,7 +24,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import test_baselines as T  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
-from kga_fast.methods import BASELINE_PRESETS, unlearn_baseline  # noqa: E402
+from kga_fast.methods import BASELINE_PRESETS, shrink_perturb, unlearn_baseline  # noqa: E402
 from kga_fast.methods.fcs import uniform_kl  # noqa: E402
 
 SETTINGS = [  # (method, the test's overrides, what else the test compares)
@@ -36,6 +36,7 @@ SETTINGS = [  # (method, the test's overrides, what else the test compares)
     ("neggrad_plus", dict(lr=0.02, epochs=4, retain_weight=0.8), ""),
     ("ct", dict(lr=0.05, epochs=8), ""),
     ("msg", dict(lr=0.05, epochs=8), "forget CE - A_d's (> 0)"),
+    ("shrink_perturb", dict(lr=0.05, epochs=8), "forget CE - A_d's (> 0)"),
     (
         "fcs",
         dict(lr=0.05, forget_lr=0.01, epochs=4),
@@ -46,6 +47,7 @@ SETTINGS = [  # (method, the test's overrides, what else the test compares)
 
 def main() -> None:
     torch.set_num_threads(1)  # as the tests' fixture
+    shrink_perturb.fresh_like = T.tiny_fresh  # as the tests' tiny_draws
     acc = Accelerator(cpu=True)
     data = T.make_data()
     ad = T.train_ad(data)
@@ -53,7 +55,7 @@ def main() -> None:
     f, fl, r, rl = data.forget, data.forget_labels, data.retain, data.retain_labels
 
     def extra(method: str, out) -> float | None:
-        if method in ("gradient_ascent", "finetune", "msg"):
+        if method in ("gradient_ascent", "finetune", "msg", "shrink_perturb"):
             return T.ce(out, f, fl) - T.ce(ad, f, fl)
         if method == "salun":
             before = torch.cat([p.flatten() for p in ad.parameters()])

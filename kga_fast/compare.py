@@ -49,6 +49,10 @@ GRID: dict[str, list[dict]] = {
     "msg": [dict(lr=lr, epochs=e) for lr in (0.003, 0.01) for e in (2, 4)],
     # FCS: the repair's step and the epochs (its preset's 8 cost about 2x a retrain).
     "fcs": [dict(lr=lr, epochs=e) for lr in (0.004, 0.01) for e in (2, 4)],
+    # Shrink and perturb: how far towards a fresh start, and the repair's step (its preset's 4 epochs).
+    "shrink_perturb": [
+        dict(lr=lr, shrink=s, perturb=round(1 - s, 2)) for lr in (0.01, 0.03) for s in (0.5, 0.7)
+    ],
 }
 TUNED_FILE = "tuned.json"
 

@@ -129,6 +129,7 @@ def test_options_a_method_does_not_use_are_refused(tmp_path):
         "--method salun --schedule cosine --alpha 0.1": "--method salun does not use --alpha",
         "--method recommended --saliency 0.5": "--method recommended does not use --saliency",
         "--method msg --reset-share 0": "reset share must be in (0, 1], got 0.0",
+        "--method msg --shrink 0.5": "--method msg does not use --shrink",
     }
     for args, message in cases.items():
         out = unlearn(run_dir, *args.split())

@@ -34,6 +34,7 @@ METHOD_ORDER = (
     "ct",
     "msg",
     "fcs",
+    "shrink_perturb",
 )
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
 MIN_MODELS = 16  # kga_fast.evaluation.forgetting.MIN_MODELS (checked by the tests): F is computed from N = 16

@@ -6,7 +6,7 @@ API, compare.py and the report read.
 
 - kga (kga.py, kga_stopping.py, kga_cache.py): the paper's method.
 - retrain: A_r itself. The others train A* through one loop (trained.py): finetune,
-  gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg, fcs.
+  gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg, fcs, shrink_perturb.
 - RECOMMENDED: the method and setting that met the most targets in the comparison it names;
   "recommended" is its name for --method and the Python API's default.
 """
@@ -30,6 +30,7 @@ from kga_fast.methods import (
     retrain,
     salun,
     scrub,
+    shrink_perturb,
 )
 from kga_fast.methods.common import Method, MethodData, UnlearnResult
 from kga_fast.methods.trained import COMMON_FIELDS, BaselineConfig, check_values, train
@@ -49,6 +50,7 @@ METHODS: dict[str, Method] = {
         ct.METHOD,
         msg.METHOD,
         fcs.METHOD,
+        shrink_perturb.METHOD,
     )
 }
 TRAINED = tuple(name for name, m in METHODS.items() if m.setup is not None)  # trained.py's loop

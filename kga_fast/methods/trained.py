@@ -1,6 +1,7 @@
 """The training loop that every baseline shares (finetune, gradient_ascent, random_label, salun,
-scrub, neggrad_plus, ct, msg, fcs): one config dataclass, the same freezing, device-resident batches,
-DDP, resume, timing and result type as KGA (kga_fast.methods.common.UnlearnResult).
+scrub, neggrad_plus, ct, msg, fcs, shrink_perturb): one config dataclass, the same freezing,
+device-resident batches, DDP, resume, timing and result type as KGA
+(kga_fast.methods.common.UnlearnResult).
 
     result = unlearn_baseline(models, data, BASELINE_PRESETS["scrub"], freeze=(1, 2), seed=0,
                               accelerator=accelerator, state_dir=...)   # kga_fast.methods
@@ -66,6 +67,8 @@ class BaselineConfig:
     reset_saliency: str = "low"  # MSG: re-initialize the lowest-|g| share (the original) or the highest
     uniform_lr: float = 0.005  # FCS: learning rate of its first pass (D_f's outputs to uniform)
     forget_lr: float = 3e-4  # FCS: peak learning rate of its contrast passes (cosine)
+    shrink: float = 0.5  # shrink and perturb: the share of A_d's value each weight keeps
+    perturb: float = 0.5  # shrink and perturb: the share of a fresh initialization's value added
 
 
 # The fields every trained method reads; the others are named by the method that reads them.
@@ -192,9 +195,20 @@ def check_values(cfg: BaselineConfig) -> BaselineConfig:
             raise UserError(f"{name.replace('_', ' ')} must be in (0, 1], got {getattr(cfg, name)}")
     if not 0 <= cfg.retain_weight <= 1:
         raise UserError(f"retain weight must be in [0, 1], got {cfg.retain_weight}")
-    for name in ("momentum", "weight_decay", "max_epochs", "alpha", "gamma", "kept_grad_scale"):
+    for name in (
+        "momentum",
+        "weight_decay",
+        "max_epochs",
+        "alpha",
+        "gamma",
+        "kept_grad_scale",
+        "shrink",
+        "perturb",
+    ):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name.replace('_', ' ')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.shrink == cfg.perturb == 0:
+        raise UserError("shrink and perturb cannot both be 0: every weight would be 0")
     return cfg
 
 
