@@ -10,7 +10,9 @@ differ in every weight, as two retrains do. shrink 1 and perturb 0 is fine-tunin
 perturb 1 is retraining on the fine-tune's budget. Where BatchNorm follows a conv, the shrink alone
 leaves that conv's function as it was (BatchNorm divides it out) and raises its effective step: the
 perturbation is what changes it. BatchNorm's running statistics stay A_d's until the repair's
-training-mode batches replace them; frozen blocks are not touched.
+training-mode batches replace them; frozen blocks are not touched. Measured, it does not take
+out more of A_d's per-image memory than MSG, and on the quick subsets it comes nearest the
+retrains only at a retrain's cost (bench/RESULTS.md, "Issue 17, tenth session").
 """
 
 from __future__ import annotations
