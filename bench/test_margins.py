@@ -47,7 +47,7 @@ SETTINGS = [  # (method, the test's overrides, what else the test compares)
 
 def main() -> None:
     torch.set_num_threads(1)  # as the tests' fixture
-    shrink_perturb.fresh_like = T.tiny_fresh  # as the tests' tiny_draws
+    shrink_perturb.build_model = T.build_tiny  # as the tests' tiny_draws
     acc = Accelerator(cpu=True)
     data = T.make_data()
     ad = T.train_ad(data)

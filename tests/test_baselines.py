@@ -329,16 +329,15 @@ def test_msg_resets_the_low_or_high_saliency_share_of_each_conv_and_slows_the_re
         assert torch.equal(scale, torch.where(reset, 1.0, 0.1))
 
 
-def tiny_fresh(model: StagedNet, seed: int) -> StagedNet:
-    """shrink_perturb.fresh_like for the tiny net (which build_model cannot name)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return tiny_net()
+def build_tiny(arch: str, num_classes: int, in_channels: int) -> StagedNet:
+    """shrink_perturb's build_model for the tiny net, which build_model cannot name."""
+    assert (arch, num_classes, in_channels) == ("tiny", K, 1)
+    return tiny_net()
 
 
 @pytest.fixture
 def tiny_draws(monkeypatch):
-    monkeypatch.setattr(shrink_perturb, "fresh_like", tiny_fresh)
+    monkeypatch.setattr(shrink_perturb, "build_model", build_tiny)
 
 
 def test_shrink_perturb_mixes_each_trainable_weight_with_a_fresh_draw_of_its_seed(task, acc, tiny_draws):
@@ -348,7 +347,7 @@ def test_shrink_perturb_mixes_each_trainable_weight_with_a_fresh_draw_of_its_see
     apply_freeze(net, (1,))  # the stem and block 1 stay A_d's
     params = [p for p in net.parameters() if p.requires_grad]
     shrink_perturb.setup(Setup(net, params, data, cfg, models, 3, acc, K))
-    fresh = dict(tiny_fresh(net, stream_seed(3, 6)).named_parameters())
+    fresh = dict(shrink_perturb.fresh_like(net, stream_seed(3, 6)).named_parameters())
     ad = dict(models["Ad"].named_parameters())
     for name, p in net.named_parameters():
         if name.startswith(("stem.", "blocks.0.")):
