@@ -1,5 +1,6 @@
 """Why forgetting quality F sits below its ceiling: are the unlearned models' confidences on D_f
-shifted from the retrains', narrower, or still where A_d's are? (issue 17, bench/RESULTS.md)
+shifted from the retrains', narrower, or still where A_d's are; could anything cheap say where a
+retrain's lie; what F can seeds that share one model's confidences reach? (issue 17, RESULTS.md)
 
     python bench/forgetting_spread.py --run-dir runs/f16-s1 --seed 1 --train-subset 2000 \\
       --test-subset 1000 --forget-fraction 0.1 --retrains 32
@@ -24,6 +25,21 @@ shift that follows A_d and keeps the average shift (unkept): how much of the gap
 each part of the difference costs. A moved sample matches the reference's mean or spread
 exactly, which scores above the ceiling: read each moved F against the retrains' row in the same
 column (the first N retrains, moved alike).
+
+A second table asks whether any one model, or a reference that never trained on D_f, could tell
+a method where each forget example's retrained confidence lies: per row, |shift| and shift (as
+above, of one model's confidence instead of a sample's mean) and r, the correlation with the
+retrains' means over D_f. Rows: one retrain (the pool's first), A_d, A_n where the folder has it
+(trained on D_n alone), A_d's mean confidence on the k nearest D_n images (k = 1, 5; cosine
+similarity of the features A_d's classifier reads: non-members that look alike), and the first
+unlearned model of each method and setting.
+
+A third asks what F a method could reach whose seeds all share one model's confidence per forget
+example: each sample is centred on that model's confidences and spread around them as the
+retrains spread (the first N retrains but one, their deviations from their own mean), against N - 1
+reference retrains, as a ratio to the retrains' own F at N - 1 (both averaged over which of the
+first N is left out). Rows: one retrain (each left-out retrain is its own centre), A_d, each
+method's N-seed mean, and the first N retrains' mean.
 """
 
 from __future__ import annotations
@@ -33,15 +49,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from targets import method_rows  # noqa: E402  (bench/targets.py: one row per method and setting)
 
-from kga_fast.checkpoint import load_model  # noqa: E402
+from kga_fast.checkpoint import has_model, load_model  # noqa: E402
 from kga_fast.errors import UserError, cli_main  # noqa: E402
 from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_confidence  # noqa: E402
+from kga_fast.models import StagedNet  # noqa: E402
 from kga_fast.pipeline import EVAL_SPLITS, reference_outputs_cached  # noqa: E402
 from kga_fast.run import open_run_from_cli  # noqa: E402
 
@@ -58,6 +76,8 @@ COLUMNS = (
     "F unkept",
     "ceiling",
 )
+REFERENCE_COLUMNS = ("|shift|", "shift", "r")
+NEAREST = (1, 5)  # how many D_n images stand in for each forget image
 
 
 def moved(unlearned: np.ndarray, retrained: np.ndarray, *, centre: bool, scale: bool) -> np.ndarray:
@@ -96,6 +116,58 @@ def spread_row(unlearned: np.ndarray, retrained: np.ndarray, original: np.ndarra
     return row
 
 
+def reference_row(confidence: np.ndarray, retrained: np.ndarray) -> dict[str, float]:
+    """The second table's values for one (M,) confidence per forget example against the
+    reference retrains' (N, M): medians of its signed and absolute distance from their mean in
+    their standard deviations, and its correlation with that mean over D_f."""
+    mean_r, sd_r = retrained.mean(0), retrained.std(0, ddof=1)
+    shift = (confidence - mean_r) / sd_r
+    return {
+        "|shift|": float(np.median(np.abs(shift))),
+        "shift": float(np.median(shift)),
+        "r": float(np.corrcoef(confidence, mean_r)[0, 1]),
+    }
+
+
+def nearest_confidence(
+    forget: torch.Tensor, new: torch.Tensor, new_confidence: np.ndarray, k: int
+) -> np.ndarray:
+    """Per forget example (features (M, D)), the mean confidence of the k D_n images (features
+    (K, D), confidences (K,)) nearest to it by cosine similarity."""
+    if not 1 <= k <= len(new):
+        raise UserError(f"cannot average the {k} nearest of {len(new)} D_n images")
+    similarity = torch.nn.functional.normalize(forget, dim=1) @ torch.nn.functional.normalize(new, dim=1).T
+    return new_confidence[similarity.topk(k, dim=1).indices.numpy()].mean(1)
+
+
+def centred_f(centre: np.ndarray | None, first: np.ndarray, reference: np.ndarray) -> float:
+    """F of a sample with the retrains' spread around a (M,) centre, over the retrains' own F, at
+    N - 1 (third table, module doc); `first` (N, M) gives the spread, `reference` (N, M) the other
+    side. centre None: each left-out retrain is the centre (one retrain's draw, shared by all)."""
+    n = first.shape[0]
+    scores, ceilings = [], []
+    for j in range(n):
+        others = np.delete(first, j, 0)
+        spread = (others - others.mean(0)) * np.sqrt((n - 1) / (n - 2))  # each deviation's sd: one
+        middle = first[j] if centre is None else centre
+        scores.append(forgetting_quality(middle + spread, reference[: n - 1]))
+        ceilings.append(forgetting_quality(others, reference[: n - 1]))
+    return float(np.mean(scores) / np.mean(ceilings))
+
+
+class Features(torch.nn.Module):
+    """A StagedNet up to its head's last layer: the features its classifier reads."""
+
+    def __init__(self, model: StagedNet):
+        super().__init__()
+        if not isinstance(model.head, torch.nn.Sequential):
+            raise UserError(f"{model.arch}: the nearest-image reference needs a head ending in a layer")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head[:-1](self.model.prefix(x, len(self.model.blocks)))
+
+
 def spread_table(run, accelerator) -> str:
     run_dir = run.cfg.run_dir
     pool, rows = method_rows(Path(run_dir))
@@ -109,12 +181,14 @@ def spread_table(run, accelerator) -> str:
     (n,) = sizes
     images, labels = run.subset("forget")
 
+    def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return predict(model, x, mean=run.train.mean, std=run.train.std, accelerator=accelerator)
+
     def confidences(names: list[str]) -> np.ndarray:  # (models, M)
         out = []
         for name in names:
             model, _ = load_model(run_dir, name, device=accelerator.device)
-            logits = predict(model, images, mean=run.train.mean, std=run.train.std, accelerator=accelerator)
-            out.append(logit_scaled_confidence(logits, labels))
+            out.append(logit_scaled_confidence(outputs(model, images), labels))
         return np.stack(out)
 
     # The pool's logits as the runs scored them: the pipeline's reference cache (made once per
@@ -137,14 +211,39 @@ def spread_table(run, accelerator) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
         return row
 
+    references = {"one retrain (the pool's first)": first[0], "A_d": original}
+    if has_model(run_dir, "An"):
+        references["A_n (trained on D_n)"] = confidences(["An"])[0]
+    new_images, new_labels = run.subset("new")
+    ad = reference_models["Ad"]
+    new_confidence = logit_scaled_confidence(outputs(ad, new_images), new_labels)
+    forget_features, new_features = outputs(Features(ad), images), outputs(Features(ad), new_images)
+    for k in NEAREST:
+        references[f"A_d on the {k} nearest D_n images"] = nearest_confidence(
+            forget_features, new_features, new_confidence, k
+        )
+
+    centres = {"one retrain (each of the first N)": None, "A_d": original}
     add("retrains (the pool's first N)", first)
     for label, records in groups.items():
         quality = records[0]["forgetting_quality"]
         if len(records) != n:
             raise UserError(f"{label}: {len(records)} records carry F of N = {n}")
-        row = add(label, confidences([Path(r["checkpoint"]).stem for r in records]), quality["ceiling"])
+        unlearned = confidences([Path(r["checkpoint"]).stem for r in records])
+        row = add(label, unlearned, quality["ceiling"])
         if not np.isclose(row["F"], quality["F"]):  # the same models and retrains as the record's F
             raise RuntimeError(f"{label}: F recomputed {row['F']:.4f}, recorded {quality['F']:.4f}")
+        references[f"{label}: one model (seed {records[0]['seed']})"] = unlearned[0]
+        centres[f"{label}: its N seeds' mean"] = unlearned.mean(0)
+
+    lines += ["", "| one model or reference | " + " | ".join(REFERENCE_COLUMNS) + " |"]
+    lines.append("|---" * (len(REFERENCE_COLUMNS) + 1) + "|")
+    for label, confidence in references.items():
+        row = reference_row(confidence, reference)
+        lines.append(f"| {label} | " + " | ".join(f"{row[c]:.3f}" for c in REFERENCE_COLUMNS) + " |")
+    centres["the first N retrains' mean"] = first.mean(0)
+    lines += ["", "| centre | F with the retrains' spread / ceiling (at N - 1) |", "|---|---|"]
+    lines += [f"| {label} | {centred_f(c, first, reference):.2f}x |" for label, c in centres.items()]
     return "\n".join(lines)
 
 

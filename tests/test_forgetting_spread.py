@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
 import forgetting_spread as fs  # noqa: E402
 
 from kga_fast.errors import UserError  # noqa: E402
+from kga_fast.models import StagedNet, build_model  # noqa: E402
 
 N, M = 16, 120
 
@@ -98,3 +100,42 @@ def test_a_missing_run_folder_is_refused_and_not_made(tmp_path, capsys):
         fs.main(["--run-dir", str(missing), "--seed", "1"])
     assert exit_info.value.code == 2 and "no run folder" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_a_reference_at_the_retrains_mean_reads_as_no_shift_and_one_two_sds_off_as_two():
+    _, r, _ = samples(seed=5)
+    mean, sd = r.mean(0), r.std(0, ddof=1)
+    at = fs.reference_row(mean, r)
+    assert at["|shift|"] == pytest.approx(0, abs=1e-12) and at["r"] == pytest.approx(1)
+    off = fs.reference_row(mean - 2 * sd, r)
+    assert off["|shift|"] == pytest.approx(2) and off["shift"] == pytest.approx(-2)
+
+
+def test_nearest_confidence_averages_the_k_most_similar_new_images():
+    new = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    conf = np.array([10.0, 20.0, 30.0, 40.0])
+    forget = torch.tensor([[2.0, 0.1], [0.0, 3.0]])  # nearest: image 0 then 2; image 1 then 2
+    assert np.allclose(fs.nearest_confidence(forget, new, conf, 1), [10.0, 20.0])
+    assert np.allclose(fs.nearest_confidence(forget, new, conf, 2), [20.0, 25.0])
+    with pytest.raises(UserError, match="5 nearest of 4"):
+        fs.nearest_confidence(forget, new, conf, 5)
+
+
+def test_a_sample_centred_on_one_draw_scores_below_one_centred_on_the_mean():
+    # Per example the centre of the retrains' distribution is known here: a sample spread as
+    # they are around it scores as they do; around one retrain's draw (or one sd off) it does not.
+    rng, m = np.random.default_rng(6), 40  # 40 examples: 1.0x / 0.71x / 0.59x, margins over seeds 6-25
+    centre, sd = rng.normal(2.0, 2.0, size=m), rng.uniform(0.5, 1.5, size=m)
+    first, reference = (centre + sd * rng.standard_normal((N, m)) for _ in range(2))
+    at_centre, one_draw = fs.centred_f(centre, first, reference), fs.centred_f(None, first, reference)
+    assert at_centre > 0.9 and one_draw < 0.85 and fs.centred_f(centre + sd, first, reference) < one_draw
+
+
+def test_features_are_what_the_classifier_reads():
+    model = build_model("resnet18", 10, 1).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.head[-1](fs.Features(model)(x)), model(x), atol=1e-5)
+    flat = StagedNet("flat", torch.nn.Identity(), [torch.nn.Flatten(1)], torch.nn.Linear(4, 2))
+    with pytest.raises(UserError, match="head ending in a layer"):
+        fs.Features(flat)
