@@ -63,9 +63,23 @@ class UnlearnResult:
     stopping: dict = field(default_factory=dict)  # how it ended (stop "gap": the checks made)
 
 
+# The streams of one unlearning seed, one per use of randomness, so that no two uses share a
+# random sequence: the D_r, D_f and D_n orders 0, 1, 2 (DeviceLoader adds the epoch; FCS's second
+# D_r order is 2), KGA's held-out share of D_f 4, MSG's D_r sample 5, shrink_perturb's fresh draw 6;
+# dropout DROPOUT_STREAM + epoch, above them all for any number of epochs. (Dropout once took
+# 3 + epoch, which gave epochs 1-3 the seeds of streams 4-6.)
+DROPOUT_STREAM = 1000
+
+
 def stream_seed(seed: int, stream: int) -> int:
-    """Independent seeds for the D_r, D_f, D_n orders and dropout (DeviceLoader adds the epoch)."""
+    """Independent seeds for one unlearning seed's streams (above): distinct for every seed and
+    stream below 10,007 (1,000,003 and 10,007 are primes)."""
     return (seed * 1_000_003 + stream * 10_007) % 2**31
+
+
+def dropout_seed(seed: int, epoch: int, rank: int) -> int:
+    """The global RNG's seed for one epoch's dropout on one process: a resumed epoch replays it."""
+    return stream_seed(seed, DROPOUT_STREAM + epoch) + rank
 
 
 def endless(loader: DeviceLoader, start: int) -> Iterator[tuple[torch.Tensor, ...]]:

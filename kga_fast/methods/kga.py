@@ -50,7 +50,15 @@ from kga_fast import accel
 from kga_fast.data import DeviceLoader
 from kga_fast.errors import UserError
 from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
-from kga_fast.methods.common import Method, UnlearnData, UnlearnResult, endless, start_from_ad, stream_seed
+from kga_fast.methods.common import (
+    Method,
+    UnlearnData,
+    UnlearnResult,
+    dropout_seed,
+    endless,
+    start_from_ad,
+    stream_seed,
+)
 from kga_fast.methods.ct import transpose_kernels
 from kga_fast.methods.kga_cache import PrefixCache, Teachers
 from kga_fast.methods.kga_stopping import GapStop, holdout_split
@@ -251,7 +259,7 @@ def unlearn(
         for epoch in range(start_epoch, cfg.epochs if stopped_at is None else start_epoch):
             t0 = time.perf_counter()
             # Dropout (VGG) draws from a per-epoch seed, so a resumed epoch replays exactly.
-            torch.manual_seed(stream_seed(seed, 3 + epoch) + rank)
+            torch.manual_seed(dropout_seed(seed, epoch, rank))
             retain_dl.set_epoch(epoch)
             sum_r = torch.zeros((), device=device)  # summed on the device: no host sync per step
             sum_a = torch.zeros((), device=device)

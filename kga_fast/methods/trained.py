@@ -33,7 +33,14 @@ from kga_fast.checkpoint import model_shape
 from kga_fast.data import DeviceLoader, normalize
 from kga_fast.errors import UserError
 from kga_fast.evaluation.evaluate import predict
-from kga_fast.methods.common import MethodData, UnlearnResult, endless, start_from_ad, stream_seed
+from kga_fast.methods.common import (
+    MethodData,
+    UnlearnResult,
+    dropout_seed,
+    endless,
+    start_from_ad,
+    stream_seed,
+)
 from kga_fast.models import StagedNet
 
 # The BaselineConfig fields that take one of a few words, and those words (the CLI's choices).
@@ -330,7 +337,7 @@ def train(
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             # Dropout (VGG) draws from a per-epoch seed, so a resumed epoch replays exactly.
-            torch.manual_seed(stream_seed(seed, 3 + epoch) + accelerator.process_index)
+            torch.manual_seed(dropout_seed(seed, epoch, accelerator.process_index))
             for p in training.passes:
                 if runs(p, epoch):
                     step[p.optimizer] = run_pass(p, epoch, step[p.optimizer], bar)
