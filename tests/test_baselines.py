@@ -329,6 +329,17 @@ def test_msg_resets_the_low_or_high_saliency_share_of_each_conv_and_slows_the_re
         assert torch.equal(scale, torch.where(reset, 1.0, 0.1))
 
 
+def test_no_two_uses_of_randomness_share_a_seed():
+    # The named streams (common.py: the orders 0-2, each epoch's DeviceLoader seed + epoch; KGA's
+    # held-out share 4, MSG's sample 5, shrink_perturb's draw 6) and dropout's per epoch and
+    # process, over 100 seeds and epochs.
+    orders = [stream_seed(s, k) + e for s in range(100) for k in (0, 1, 2) for e in range(100)]
+    named = orders + [stream_seed(s, k) for s in range(100) for k in (4, 5, 6)]
+    dropout = [dropout_seed(s, e, r) for s in range(100) for e in range(100) for r in range(8)]
+    assert len(set(named + dropout)) == len(named) + len(dropout)
+    assert dropout_seed(3, 2, 1) == stream_seed(3, DROPOUT_STREAM + 2) + 1
+
+
 def build_tiny(arch: str, num_classes: int, in_channels: int) -> StagedNet:
     """shrink_perturb's build_model for the tiny net, which build_model cannot name."""
     assert (arch, num_classes, in_channels) == ("tiny", K, 1)
@@ -611,14 +622,3 @@ if __name__ == "__main__":  # the worker of the test above, under torchrun
     ddp_worker(acc, sys.argv[1], sys.argv[2])
     accel.shutdown(acc)
     Path(f"{sys.argv[2]}.rank{acc.process_index}.threads").write_text(json.dumps(gloo_threads()))
-
-
-def test_no_two_uses_of_randomness_share_a_seed():
-    # The named streams (common.py: the orders 0-2, each epoch's DeviceLoader seed + epoch; KGA's
-    # held-out share 4, MSG's sample 5, shrink_perturb's draw 6) and dropout's per epoch and
-    # process, over 100 seeds and epochs.
-    orders = [stream_seed(s, k) + e for s in range(100) for k in (0, 1, 2) for e in range(100)]
-    named = orders + [stream_seed(s, k) for s in range(100) for k in (4, 5, 6)]
-    dropout = [dropout_seed(s, e, r) for s in range(100) for e in range(100) for r in range(8)]
-    assert len(set(named + dropout)) == len(named) + len(dropout)
-    assert dropout_seed(3, 2, 1) == stream_seed(3, DROPOUT_STREAM + 2) + 1

@@ -72,8 +72,8 @@ DROPOUT_STREAM = 1000
 
 
 def stream_seed(seed: int, stream: int) -> int:
-    """Independent seeds for one unlearning seed's streams (above): distinct for every seed and
-    stream below 10,007 (1,000,003 and 10,007 are primes)."""
+    """Independent seeds for one unlearning seed's streams (above): distinct for seeds below 2,147
+    and streams below 10,007 (1,000,003 and 10,007 are primes; the modulus wraps above)."""
     return (seed * 1_000_003 + stream * 10_007) % 2**31
 
 
