@@ -127,8 +127,11 @@ def test_a_sample_centred_on_one_draw_scores_below_one_centred_on_the_mean():
     rng, m = np.random.default_rng(6), 40  # 40 examples: 1.0x / 0.71x / 0.59x, margins over seeds 6-25
     centre, sd = rng.normal(2.0, 2.0, size=m), rng.uniform(0.5, 1.5, size=m)
     first, reference = (centre + sd * rng.standard_normal((N, m)) for _ in range(2))
-    at_centre, one_draw = fs.centred_f(centre, first, reference), fs.centred_f(None, first, reference)
-    assert at_centre > 0.9 and one_draw < 0.85 and fs.centred_f(centre + sd, first, reference) < one_draw
+    ceiling = fs.left_out_ceiling(first, reference)
+    at_centre, one_draw, off = (
+        fs.centred_f(c, first, reference) / ceiling for c in (centre, None, centre + sd)
+    )
+    assert at_centre > 0.9 and one_draw < 0.85 and off < one_draw
 
 
 def test_features_are_what_the_classifier_reads():
