@@ -175,6 +175,24 @@ class Features(torch.nn.Module):
         return self.model.head[:-1](self.model.prefix(x, len(self.model.blocks)))
 
 
+def markdown(head: tuple[str, ...], rows: list[tuple[str, list[str]]]) -> str:
+    """A markdown table: the header, then one line per (label, cells)."""
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    return "\n".join(lines + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows])
+
+
+def nearest_references(run, ad: StagedNet, images: torch.Tensor, outputs) -> dict[str, np.ndarray]:
+    """The second table's non-member references from A_d: its mean confidence on the k D_n images
+    nearest each forget image (`images`), k in NEAREST. outputs(model, images): its outputs."""
+    new_images, new_labels = run.subset("new")
+    new_confidence = logit_scaled_confidence(outputs(ad, new_images), new_labels)
+    forget, new = outputs(Features(ad), images), outputs(Features(ad), new_images)
+    return {
+        f"A_d on the {k} nearest D_n images": nearest_confidence(forget, new, new_confidence, k)
+        for k in NEAREST
+    }
+
+
 def spread_table(run, accelerator) -> str:
     run_dir = run.cfg.run_dir
     pool, rows = method_rows(Path(run_dir))
@@ -209,52 +227,52 @@ def spread_table(run, accelerator) -> str:
     pool_conf = np.stack([logit_scaled_confidence(cached["forget"][m], labels) for m in members])
     first, reference = pool_conf[:n], pool_conf[n:]
     original = logit_scaled_confidence(cached["forget"]["Ad"], labels)
-    lines = ["| models | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
 
-    def add(label: str, unlearned: np.ndarray, ceiling: float | None = None) -> dict[str, float]:
-        row = spread_row(unlearned, reference, original)
-        row["ceiling"] = row["F"] if ceiling is None else ceiling  # the first N retrains: F is it
-        cells = [f"{row[c]}" if c == "N" else f"{row[c]:.3f}" for c in COLUMNS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        return row
+    samples = {}  # label: (the N unlearned models' confidences, their records)
+    for label, records in groups.items():
+        if len(records) != n:
+            raise UserError(f"{label}: {len(records)} records carry F of N = {n}")
+        samples[label] = (confidences([Path(r["checkpoint"]).stem for r in records]), records)
+
+    own = spread_row(first, reference, original)
+    spread = [("retrains (the pool's first N)", own | {"ceiling": own["F"]})]  # their F is the ceiling
+    for label, (sample, records) in samples.items():
+        quality = records[0]["forgetting_quality"]
+        row = spread_row(sample, reference, original)
+        if not np.isclose(row["F"], quality["F"]):  # the same models and retrains as the record's F
+            raise RuntimeError(f"{label}: F recomputed {row['F']:.4f}, recorded {quality['F']:.4f}")
+        spread.append((label, row | {"ceiling": quality["ceiling"]}))
 
     references = {"one retrain (the pool's first)": first[0], "A_d": original}
     if has_model(run_dir, "An"):
         references["A_n (trained on D_n)"] = confidences(["An"])[0]
-    new_images, new_labels = run.subset("new")
-    ad = reference_models["Ad"]
-    new_confidence = logit_scaled_confidence(outputs(ad, new_images), new_labels)
-    forget_features, new_features = outputs(Features(ad), images), outputs(Features(ad), new_images)
-    for k in NEAREST:
-        references[f"A_d on the {k} nearest D_n images"] = nearest_confidence(
-            forget_features, new_features, new_confidence, k
-        )
+    references |= nearest_references(run, reference_models["Ad"], images, outputs)
+    for label, (sample, records) in samples.items():
+        references[f"{label}: one model (seed {records[0]['seed']})"] = sample[0]
 
     centres = {"one retrain (each of the first N)": None, "A_d": original}
-    add("retrains (the pool's first N)", first)
-    for label, records in groups.items():
-        quality = records[0]["forgetting_quality"]
-        if len(records) != n:
-            raise UserError(f"{label}: {len(records)} records carry F of N = {n}")
-        unlearned = confidences([Path(r["checkpoint"]).stem for r in records])
-        row = add(label, unlearned, quality["ceiling"])
-        if not np.isclose(row["F"], quality["F"]):  # the same models and retrains as the record's F
-            raise RuntimeError(f"{label}: F recomputed {row['F']:.4f}, recorded {quality['F']:.4f}")
-        references[f"{label}: one model (seed {records[0]['seed']})"] = unlearned[0]
-        centres[f"{label}: its N seeds' mean"] = unlearned.mean(0)
-
-    lines += ["", "| one model or reference | " + " | ".join(REFERENCE_COLUMNS) + " |"]
-    lines.append("|---" * (len(REFERENCE_COLUMNS) + 1) + "|")
-    for label, confidence in references.items():
-        row = reference_row(confidence, reference)
-        lines.append(f"| {label} | " + " | ".join(f"{row[c]:.3f}" for c in REFERENCE_COLUMNS) + " |")
+    centres |= {f"{label}: its N seeds' mean": sample.mean(0) for label, (sample, _) in samples.items()}
     centres["the first N retrains' mean"] = first.mean(0)
-    lines += ["", "| centre | F with the retrains' spread / ceiling (at N - 1) |", "|---|---|"]
     ceiling = left_out_ceiling(first, reference)
-    lines += [
-        f"| {label} | {centred_f(c, first, reference) / ceiling:.2f}x |" for label, c in centres.items()
+
+    def cells(row: dict[str, float], columns: tuple[str, ...]) -> list[str]:
+        return [f"{row[c]}" if c == "N" else f"{row[c]:.3f}" for c in columns]
+
+    tables = [
+        markdown(("models", *COLUMNS), [(label, cells(row, COLUMNS)) for label, row in spread]),
+        markdown(
+            ("one model or reference", *REFERENCE_COLUMNS),
+            [
+                (label, cells(reference_row(c, reference), REFERENCE_COLUMNS))
+                for label, c in references.items()
+            ],
+        ),
+        markdown(
+            ("centre", "F with the retrains' spread / ceiling (at N - 1)"),
+            [(label, [f"{centred_f(c, first, reference) / ceiling:.2f}x"]) for label, c in centres.items()],
+        ),
     ]
-    return "\n".join(lines)
+    return "\n\n".join(tables)
 
 
 @cli_main
