@@ -91,13 +91,19 @@ def moved(unlearned: np.ndarray, retrained: np.ndarray, *, centre: bool, scale: 
     return deviation + (retrained.mean(0) if centre else mean_u)
 
 
-def spread_row(unlearned: np.ndarray, retrained: np.ndarray, original: np.ndarray) -> dict[str, float]:
-    """The row's values (module doc) for (N, M) confidences of unlearned and reference models and
-    A_d's (M,)."""
+def retrain_moments(retrained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per forget example, the (N, M) reference retrains' mean and standard deviation: the unit
+    every distance here is measured in (UserError where they all agree: no unit)."""
     sd_r = retrained.std(0, ddof=1)
     if (sd_r == 0).any():
         raise UserError("a forget example has the same confidence in every reference retrain")
-    mean_r = retrained.mean(0)
+    return retrained.mean(0), sd_r
+
+
+def spread_row(unlearned: np.ndarray, retrained: np.ndarray, original: np.ndarray) -> dict[str, float]:
+    """The row's values (module doc) for (N, M) confidences of unlearned and reference models and
+    A_d's (M,)."""
+    mean_r, sd_r = retrain_moments(retrained)
     shift, excess = (unlearned.mean(0) - mean_r) / sd_r, (original - mean_r) / sd_r
     kept = float(np.polyfit(excess, shift, 1)[0])
     row = {
@@ -120,7 +126,7 @@ def reference_row(confidence: np.ndarray, retrained: np.ndarray) -> dict[str, fl
     """The second table's values for one (M,) confidence per forget example against the
     reference retrains' (N, M): medians of its signed and absolute distance from their mean in
     their standard deviations, and its correlation with that mean over D_f."""
-    mean_r, sd_r = retrained.mean(0), retrained.std(0, ddof=1)
+    mean_r, sd_r = retrain_moments(retrained)
     shift = (confidence - mean_r) / sd_r
     return {
         "|shift|": float(np.median(np.abs(shift))),

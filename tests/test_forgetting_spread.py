@@ -92,6 +92,8 @@ def test_constant_retrains_are_refused():
     r[:, 3] = 0.0
     with pytest.raises(UserError, match="same confidence in every reference retrain"):
         fs.spread_row(u, r, a)
+    with pytest.raises(UserError, match="same confidence in every reference retrain"):
+        fs.reference_row(a, r)
 
 
 def test_a_missing_run_folder_is_refused_and_not_made(tmp_path, capsys):
