@@ -37,6 +37,7 @@ SETTINGS = [  # (method, the test's overrides, what else the test compares)
     ("ct", dict(lr=0.05, epochs=8), ""),
     ("msg", dict(lr=0.05, epochs=8), "forget CE - A_d's (> 0)"),
     ("shrink_perturb", dict(lr=0.05, epochs=8), "forget CE - A_d's (> 0)"),
+    ("fresh_distill", dict(lr=0.1, epochs=8), "forget CE - A_d's (> 0)"),
     (
         "fcs",
         dict(lr=0.05, forget_lr=0.01, epochs=4),
@@ -55,7 +56,7 @@ def main() -> None:
     f, fl, r, rl = data.forget, data.forget_labels, data.retain, data.retain_labels
 
     def extra(method: str, out) -> float | None:
-        if method in ("gradient_ascent", "finetune", "msg", "shrink_perturb"):
+        if method in ("gradient_ascent", "finetune", "msg", "shrink_perturb", "fresh_distill"):
             return T.ce(out, f, fl) - T.ce(ad, f, fl)
         if method == "salun":
             before = torch.cat([p.flatten() for p in ad.parameters()])

@@ -53,6 +53,8 @@ GRID: dict[str, list[dict]] = {
     "shrink_perturb": [
         dict(lr=lr, shrink=s, perturb=round(1 - s, 2)) for lr in (0.01, 0.03) for s in (0.5, 0.7)
     ],
+    # Distillation into a fresh network: the step and the length (8 epochs cost about a retrain).
+    "fresh_distill": [dict(lr=lr, epochs=e) for lr in (0.02, 0.05) for e in (4, 8)],
 }
 TUNED_FILE = "tuned.json"
 

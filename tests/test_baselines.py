@@ -29,6 +29,7 @@ from kga_fast.methods import (
     BASELINE_PRESETS,
     MethodData,
     baseline_config_key,
+    fresh_distill,
     msg,
     shrink_perturb,
     unlearn_baseline,
@@ -331,8 +332,8 @@ def test_msg_resets_the_low_or_high_saliency_share_of_each_conv_and_slows_the_re
 
 def test_no_two_uses_of_randomness_share_a_seed():
     # The named streams (common.py: the orders 0-2, each epoch's DeviceLoader seed + epoch; KGA's
-    # held-out share 4, MSG's sample 5, shrink_perturb's draw 6) and dropout's per epoch and
-    # process, over 100 seeds and epochs.
+    # held-out share 4, MSG's sample 5, the fresh draw of shrink_perturb and fresh_distill 6) and
+    # dropout's per epoch and process, over 100 seeds and epochs.
     orders = [stream_seed(s, k) + e for s in range(100) for k in (0, 1, 2) for e in range(100)]
     named = orders + [stream_seed(s, k) for s in range(100) for k in (4, 5, 6)]
     dropout = [dropout_seed(s, e, r) for s in range(100) for e in range(100) for r in range(8)]
@@ -386,6 +387,59 @@ def test_shrink_perturb_refits_retain_and_drifts_from_the_forgotten_class(task, 
     # Its training sees D_r only, from a half-fresh start: D_f accuracy 0.00, D_r 1.00 and the
     # forget CE 3.6-4.5 above A_d's for seeds 0-4 under AVX-512 and AVX2 (bench/test_margins.py).
     out = run(task, acc, "shrink_perturb", lr=0.05, epochs=8).model
+    assert accuracy(out, data.retain, data.retain_labels) > 0.9
+    assert accuracy(out, data.forget, data.forget_labels) < 0.5
+    assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)
+
+
+def test_fresh_distill_redraws_each_trainable_weight_and_resets_its_batchnorm(task, acc, tiny_draws):
+    models, data = task
+    cfg = dataclasses.replace(BASELINE_PRESETS["fresh_distill"], batch_size=32)
+    net = copy.deepcopy(models["Ad"]).requires_grad_(True)
+    apply_freeze(net, (1,))  # the stem and block 1 stay A_d's, BatchNorm statistics included
+    params = [p for p in net.parameters() if p.requires_grad]
+    fresh_distill.setup(Setup(net, params, data, cfg, models, 3, acc, K))
+    draw = shrink_perturb.fresh_like(net, stream_seed(3, 6))
+    ad = models["Ad"]
+    for name, p in net.named_parameters():
+        want = ad if name.startswith(("stem.", "blocks.0.")) else draw
+        assert torch.equal(p, want.get_parameter(name)), name
+    for name, value in net.named_buffers():
+        want = ad if name.startswith(("stem.", "blocks.0.")) else draw
+        assert torch.equal(value, want.get_buffer(name)), name
+    assert not torch.equal(net.get_buffer("blocks.1.1.running_var"), ad.get_buffer("blocks.1.1.running_var"))
+
+
+def test_fresh_distill_trains_towards_a_d_outputs_on_d_r_and_the_labels_by_weight(task, acc, tiny_draws):
+    models, data = task
+    ad = models["Ad"]
+
+    def loss(**kw):
+        cfg = dataclasses.replace(BASELINE_PRESETS["fresh_distill"], batch_size=32, **kw)
+        net = copy.deepcopy(ad).requires_grad_(True)
+        training = fresh_distill.setup(Setup(net, list(net.parameters()), data, cfg, models, 0, acc, K))
+        (p,) = training.passes
+        assert len(p.loaders[0]) == len(data.retain) // 32  # one pass over D_r
+        x, y, idx = next(iter(p.loaders[0]))
+        assert torch.equal(x, normalize(data.retain[idx], MEAN, STD))
+        return p.loss(lambda images: ad(images).float(), (x, y, idx)).item(), F.cross_entropy(ad(x), y).item()
+
+    distill, _ = loss(alpha=1.0, gamma=0.0, temperature=4.0)
+    assert distill == pytest.approx(0.0, abs=1e-5)  # A_d against its own cached outputs
+    labels, ce_ad = loss(alpha=0.0, gamma=1.0)
+    assert labels == pytest.approx(ce_ad, rel=1e-5)
+    mixed, _ = loss(alpha=2.0, gamma=0.5)
+    assert mixed == pytest.approx(0.5 * ce_ad, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.numerics
+def test_fresh_distill_fits_retain_from_a_fresh_start_and_never_learns_the_forgotten_class(
+    task, acc, tiny_draws
+):
+    models, data = task
+    # No weight of A_d survives and no forget image is seen: D_f accuracy 0.00, D_r 1.00 and the
+    # forget CE above A_d's for seeds 0-4 under AVX-512 and AVX2 (bench/test_margins.py).
+    out = run(task, acc, "fresh_distill", lr=0.1, epochs=8).model
     assert accuracy(out, data.retain, data.retain_labels) > 0.9
     assert accuracy(out, data.forget, data.forget_labels) < 0.5
     assert ce(out, data.forget, data.forget_labels) > ce(models["Ad"], data.forget, data.forget_labels)
@@ -469,6 +523,7 @@ def test_retrain_is_ar_timed_by_its_training(task, tmp_path):
         (dict(reset_saliency="mid"), "unknown reset saliency"),
         (dict(perturb=-0.5), "perturb must not be negative"),
         (dict(shrink=0.0, perturb=0.0), "cannot both be 0"),
+        (dict(alpha=0.0, gamma=0.0), "alpha and gamma cannot both be 0"),
         (dict(retain_weight=1.5), "retain weight must be in"),
     ],
 )

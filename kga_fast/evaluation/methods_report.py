@@ -35,6 +35,7 @@ METHOD_ORDER = (
     "msg",
     "fcs",
     "shrink_perturb",
+    "fresh_distill",
 )
 ATTACKS = ("loss_lr_cv_acc", "mia_efficacy_confidence", "entropy_lr_forget_member_rate")
 MIN_MODELS = 16  # kga_fast.evaluation.forgetting.MIN_MODELS (checked by the tests): F is computed from N = 16

@@ -6,7 +6,8 @@ API, compare.py and the report read.
 
 - kga (kga.py, kga_stopping.py, kga_cache.py): the paper's method.
 - retrain: A_r itself. The others train A* through one loop (trained.py): finetune,
-  gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg, fcs, shrink_perturb.
+  gradient_ascent, random_label, salun, scrub, neggrad_plus, ct, msg, fcs, shrink_perturb,
+  fresh_distill.
 - RECOMMENDED: the method and setting that met the most targets in the comparison it names;
   "recommended" is its name for --method and the Python API's default.
 """
@@ -22,6 +23,7 @@ from kga_fast.methods import (
     ct,
     fcs,
     finetune,
+    fresh_distill,
     gradient_ascent,
     kga,
     msg,
@@ -51,6 +53,7 @@ METHODS: dict[str, Method] = {
         msg.METHOD,
         fcs.METHOD,
         shrink_perturb.METHOD,
+        fresh_distill.METHOD,
     )
 }
 TRAINED = tuple(name for name, m in METHODS.items() if m.setup is not None)  # trained.py's loop

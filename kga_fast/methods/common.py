@@ -65,9 +65,9 @@ class UnlearnResult:
 
 # The streams of one unlearning seed, one per use of randomness, so that no two uses share a
 # random sequence: the D_r, D_f and D_n orders 0, 1, 2 (DeviceLoader adds the epoch; FCS's second
-# D_r order is 2), KGA's held-out share of D_f 4, MSG's D_r sample 5, shrink_perturb's fresh draw 6;
-# dropout DROPOUT_STREAM + epoch, above them all for any number of epochs. (Dropout once took
-# 3 + epoch, which gave epochs 1-3 the seeds of streams 4-6.)
+# D_r order is 2), KGA's held-out share of D_f 4, MSG's D_r sample 5, the fresh draw of
+# shrink_perturb and fresh_distill 6; dropout DROPOUT_STREAM + epoch, above them all for any number
+# of epochs. (Dropout once took 3 + epoch, which gave epochs 1-3 the seeds of streams 4-6.)
 DROPOUT_STREAM = 1000
 
 

@@ -64,9 +64,11 @@ class BaselineConfig:
     schedule: str = "constant"  # constant | cosine (to 0) | triangle (up to lr at mid-run, down to 0)
     forget_batch_size: int = 32  # SCRUB: global D_f batch of the max-steps
     max_epochs: int = 2  # SCRUB: epochs that begin with a max-pass over D_f ("msteps")
-    temperature: float = 4.0  # SCRUB: distillation temperature ("kd_T"); FCS: the contrast's
-    alpha: float = 0.001  # SCRUB: weight of the KL on D_r in the min-steps
-    gamma: float = 0.99  # SCRUB: weight of the cross-entropy on D_r in the min-steps
+    temperature: float = 4.0  # SCRUB, fresh_distill: distillation temperature ("kd_T"); FCS: the contrast's
+    alpha: float = 0.001  # SCRUB: weight of the KL on D_r in the min-steps; fresh_distill: of its KL
+    gamma: float = (
+        0.99  # SCRUB: weight of the cross-entropy on D_r in the min-steps; fresh_distill: of its CE
+    )
     saliency: float = 0.5  # SalUn: share of the trainable weights its mask lets train
     retain_weight: float = 0.95  # NegGrad+: alpha in alpha * CE(D_r) - (1 - alpha) * CE(D_f)
     reset_share: float = 0.3  # MSG: share of each conv layer's weights re-initialized
@@ -214,6 +216,8 @@ def check_values(cfg: BaselineConfig) -> BaselineConfig:
     ):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name.replace('_', ' ')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.alpha == cfg.gamma == 0:
+        raise UserError("alpha and gamma cannot both be 0: the loss on D_r would be 0")
     if cfg.shrink == cfg.perturb == 0:
         raise UserError("shrink and perturb cannot both be 0: every weight would be 0")
     return cfg
