@@ -1,6 +1,7 @@
 """Forgetting quality F (kga_fast.evaluation.forgetting): the challenge's definition on cases worked by hand,
 its limits (one repeated model, fully separated samples), and random cases against a direct
-transcription that builds every rule and its rates as threshold-by-model indicator matrices."""
+transcription that builds every rule and its rates as threshold-by-model indicator matrices; the
+two-threshold rules counted where a count changes give the whole grid's (TP, FP) pairs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from kga_fast.evaluation import forgetting
 from kga_fast.evaluation.forgetting import (
     DELTA,
     bucket_points,
@@ -144,6 +146,32 @@ def test_random_cases_match_the_direct_transcription(seed):
     assert len(set(expected)) > 1  # the cases differ (not all at 0 or at the cap)
     np.testing.assert_allclose(example_epsilons(unlearned, retrained), expected, rtol=1e-12, atol=1e-12)
     assert forgetting_quality(unlearned, retrained) == pytest.approx(direct_quality(unlearned, retrained))
+
+
+def test_first_above_is_searchsorted_row_by_row():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=50)
+    rows = np.linspace(centres - 2, centres + 2, 400, axis=1)
+    values = np.concatenate([rng.normal(scale=3, size=30), rows[7, [0, 5, 399]], [-100.0, 100.0]])
+    want = np.stack([np.searchsorted(row, values, side="right") for row in rows])
+    np.testing.assert_array_equal(forgetting._first_above(rows, values), want)
+
+
+@pytest.mark.parametrize("grid", [None, 0.01, 0.25])
+def test_two_threshold_rules_where_a_count_changes_give_every_rules_pairs(grid):
+    # Ties and values on the 0.01 grid (grid 0.01, 0.25) are where an off-by-one column would show.
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.choice([4, 16, 32]))
+        a = rng.normal(scale=rng.uniform(0.05, 2), size=n)
+        b = rng.normal(scale=rng.uniform(0.05, 2), size=n) + rng.normal()
+        if grid:
+            a, b = np.round(a / grid) * grid, np.round(b / grid) * grid
+        pos, neg = np.sort(a), np.sort(b)
+        fast = forgetting._double_threshold(pos, neg)
+        every = forgetting._double_threshold(pos, neg, every_rule=True)
+        assert set(zip(*fast, strict=True)) == set(zip(*every, strict=True))
+        assert len(fast[0]) * 5 < len(every[0])
 
 
 def test_exported_at_the_top_level():

@@ -19,7 +19,9 @@ of the points over the forget set. The definitions follow google-deepmind/unlear
 (metric.py), whose code runs on CUDA with a threshold-by-model matrix; here each rate is a count in
 a sorted sample (np.searchsorted), so it runs on any machine in float64 and the counts are exact
 (the reference keeps rates in float32, its single-threshold grid in float32 and adds 1e-45 inside
-its logarithms; two samples that are both constant stop it, and are scored at the cap here).
+its logarithms; two samples that are both constant stop it, and are scored at the cap here). Of
+the two-threshold grid (about 160,000 rules per example) only the rules where a count changes are
+counted: the same (TP, FP) pairs, so the same epsilon, about 4x faster (bench/bench_forgetting.py).
 
 F depends strongly on N (two draws of one distribution score about 0.19 at N = 8, 0.18 at N = 32):
 compare it only with the ceiling at the same N, F of retrains against other retrains.
@@ -78,10 +80,30 @@ def _single_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.
     return _count_at_or_above(pos, t), _count_at_or_above(neg, t)
 
 
-def _double_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first_above(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(R, V) column of the first entry above each of `values` in each ascending row of `rows`
+    (R, L), L where there is none: np.searchsorted(row, values, side="right") row by row, from
+    the rows' even spacing, then corrected against the entries themselves (exact)."""
+    n = rows.shape[1]
+    step = (rows[:, -1:] - rows[:, :1]) / (n - 1)
+    j = np.clip(np.floor((values - rows[:, :1]) / step) + 1, 0, n).astype(np.intp)
+    while True:
+        back = (j > 0) & (np.take_along_axis(rows, np.maximum(j - 1, 0), 1) > values)
+        on = (j < n) & (np.take_along_axis(rows, np.minimum(j, n - 1), 1) <= values)
+        if not (back.any() or on.any()):
+            return j
+        j += on.astype(np.intp) - back
+
+
+def _double_threshold(
+    pos: np.ndarray, neg: np.ndarray, every_rule: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(TP, FP) counts of "positive between l and r", positive being the narrower sample:
     r on the grid from its min + its width - BUFFER to its max + BUFFER, l from r - width - BUFFER
-    to r - width + BUFFER."""
+    to r - width + BUFFER. Along one r the counts change only where l passes a sample value, so
+    only the first l and those just past one are counted: the same set of (TP, FP) pairs as the
+    whole (r, l) grid (`every_rule`: the tests' and bench/bench_forgetting.py's reference), from
+    about 10x fewer rules."""
     if pos[-1] - pos[0] >= neg[-1] - neg[0]:
         pos, neg = neg, pos
     width = pos[-1] - pos[0]
@@ -89,6 +111,11 @@ def _double_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.
     right = np.linspace(lo, hi, math.ceil((hi - lo) * THRESHOLDS_PER_UNIT))  # (R,)
     centre = right - width
     left = np.linspace(centre - BUFFER, centre + BUFFER, math.ceil(2 * BUFFER * THRESHOLDS_PER_UNIT), axis=1)
+    if not every_rule:
+        steps = _first_above(left, np.concatenate([pos, neg]))  # (R, 2n): where a count goes up
+        first = np.zeros((len(right), 1), np.intp)
+        cols = np.minimum(np.concatenate([first, steps], axis=1), left.shape[1] - 1)
+        left = np.take_along_axis(left, cols, 1)
     return _count_between(pos, left, right).ravel(), _count_between(neg, left, right).ravel()
 
 
