@@ -7,9 +7,13 @@ Ours, not a challenge entry. The forgetting-quality score asks each forget image
 the unlearning seeds to spread as over retrains, around the retrains' centre; seeds that start
 from A_d keep part of its per-image draw (bench/RESULTS.md, "Issue 17, eleventh session"). Here
 no weight of A_d's trainable blocks survives, so two seeds differ as two retrains do, and what
-A* knows of D_f comes only through A_d's outputs on D_r; the teacher's soft targets are meant to
-make that retraining cheaper than a retrain's own. A_d runs once: its logits on D_r are cached and
-indexed per batch. Frozen blocks keep A_d's weights (they were not trained to forget).
+A* knows of D_f comes only through A_d's outputs on D_r; the teacher's soft targets were meant to
+make that retraining cheaper than a retrain's own. Measured, they do not, and they carry A_d's
+memory of D_f: the students keep more of A_d's per-image confidence on D_f than MSG does and vary
+less from seed to seed than retrains (bench/RESULTS.md, "Issue 17, twelfth session"); with
+`alpha` 0 and `gamma` 1 it is a retrain by the trained loop's recipe, the measurement's control.
+A_d runs once: its logits on D_r are cached and indexed per batch. Frozen blocks keep A_d's
+weights (they were not trained to forget).
 """
 
 from __future__ import annotations
