@@ -412,24 +412,30 @@ def test_fresh_distill_redraws_each_trainable_weight_and_resets_its_batchnorm(ta
 
 def test_fresh_distill_trains_towards_a_d_outputs_on_d_r_and_the_labels_by_weight(task, acc, tiny_draws):
     models, data = task
-    ad = models["Ad"]
+    ad, t = models["Ad"], 4.0
+    cfg = dataclasses.replace(BASELINE_PRESETS["fresh_distill"], batch_size=32, temperature=t)
+    net = copy.deepcopy(ad).requires_grad_(True)
+    training = fresh_distill.setup(Setup(net, list(net.parameters()), data, cfg, models, 0, acc, K))
+    (p,) = training.passes
+    assert len(p.loaders[0]) == len(data.retain) // 32  # one pass over D_r, no forget image
+    x, y, idx = next(iter(p.loaders[0]))
+    assert torch.equal(x, normalize(data.retain[idx], MEAN, STD))
+    student = net.eval()(x).detach()
+    teacher = logits(ad, data.retain[idx])
+    kd = F.kl_div(
+        (student / t).log_softmax(1), (teacher / t).log_softmax(1), log_target=True, reduction="batchmean"
+    )
+    want = {"kd": kd.item() * t * t, "ce": F.cross_entropy(student, y).item()}
+    assert want["kd"] > 0.01  # the fresh student is far from A_d
 
-    def loss(**kw):
-        cfg = dataclasses.replace(BASELINE_PRESETS["fresh_distill"], batch_size=32, **kw)
-        net = copy.deepcopy(ad).requires_grad_(True)
-        training = fresh_distill.setup(Setup(net, list(net.parameters()), data, cfg, models, 0, acc, K))
-        (p,) = training.passes
-        assert len(p.loaders[0]) == len(data.retain) // 32  # one pass over D_r
-        x, y, idx = next(iter(p.loaders[0]))
-        assert torch.equal(x, normalize(data.retain[idx], MEAN, STD))
-        return p.loss(lambda images: ad(images).float(), (x, y, idx)).item(), F.cross_entropy(ad(x), y).item()
+    def loss(alpha, gamma, forward=lambda images: net(images)):
+        cfg.alpha, cfg.gamma = alpha, gamma  # the loss reads the config when it runs
+        return p.loss(forward, (x, y, idx)).item()
 
-    distill, _ = loss(alpha=1.0, gamma=0.0, temperature=4.0)
-    assert distill == pytest.approx(0.0, abs=1e-5)  # A_d against its own cached outputs
-    labels, ce_ad = loss(alpha=0.0, gamma=1.0)
-    assert labels == pytest.approx(ce_ad, rel=1e-5)
-    mixed, _ = loss(alpha=2.0, gamma=0.5)
-    assert mixed == pytest.approx(0.5 * ce_ad, rel=1e-4, abs=1e-5)
+    assert loss(1.0, 0.0) == pytest.approx(want["kd"], rel=1e-5)
+    assert loss(0.0, 1.0) == pytest.approx(want["ce"], rel=1e-5)
+    assert loss(2.0, 0.5) == pytest.approx(2 * want["kd"] + 0.5 * want["ce"], rel=1e-5)
+    assert loss(1.0, 0.0, lambda images: ad(images)) == pytest.approx(0.0, abs=1e-5)  # A_d vs its cache
 
 
 @pytest.mark.numerics

@@ -66,9 +66,7 @@ class BaselineConfig:
     max_epochs: int = 2  # SCRUB: epochs that begin with a max-pass over D_f ("msteps")
     temperature: float = 4.0  # SCRUB, fresh_distill: distillation temperature ("kd_T"); FCS: the contrast's
     alpha: float = 0.001  # SCRUB: weight of the KL on D_r in the min-steps; fresh_distill: of its KL
-    gamma: float = (
-        0.99  # SCRUB: weight of the cross-entropy on D_r in the min-steps; fresh_distill: of its CE
-    )
+    gamma: float = 0.99  # SCRUB: weight of the CE on D_r in the min-steps; fresh_distill: of its CE
     saliency: float = 0.5  # SalUn: share of the trainable weights its mask lets train
     retain_weight: float = 0.95  # NegGrad+: alpha in alpha * CE(D_r) - (1 - alpha) * CE(D_f)
     reset_share: float = 0.3  # MSG: share of each conv layer's weights re-initialized
