@@ -21,25 +21,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kga_fast.methods.common import Method, stream_seed
+from kga_fast.methods.common import Method
 from kga_fast.methods.scrub import distill_kl
-from kga_fast.methods.shrink_perturb import fresh_like
+from kga_fast.methods.shrink_perturb import mix_with_fresh
 from kga_fast.methods.trained import BaselineConfig, Pass, Setup, Training
 
 
 def setup(ctx: Setup) -> Training:
     cfg = ctx.cfg
     teacher = ctx.teacher_logits(ctx.data.retain)
-    fresh = fresh_like(ctx.model, stream_seed(ctx.seed, 6))
-    with torch.no_grad():
-        for m, f in zip(ctx.model.modules(), fresh.modules(), strict=True):
-            own = list(m.parameters(recurse=False))
-            if not own or not all(p.requires_grad for p in own):
-                continue  # no weights of its own, or a frozen block's
-            for p, q in zip(own, f.parameters(recurse=False), strict=True):
-                p.copy_(q)
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
+    mix_with_fresh(ctx, shrink=0.0, perturb=1.0)  # the fresh draw itself
+    for m in ctx.model.modules():  # the re-drawn blocks' BatchNorm statistics (frozen ones keep A_d's)
+        if (
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and m.weight is not None
+            and m.weight.requires_grad
+        ):
+            m.reset_running_stats()
 
     def loss(forward, batch):
         x, y, idx = batch

@@ -33,13 +33,18 @@ def fresh_like(model: StagedNet, seed: int) -> StagedNet:
         return build_model(model.arch, *model_shape(model))
 
 
-def setup(ctx: Setup) -> Training:
-    cfg = ctx.cfg
+def mix_with_fresh(ctx: Setup, shrink: float, perturb: float) -> None:
+    """Every trainable parameter of ctx.model becomes shrink x its value + perturb x that of a fresh
+    initialization drawn from the unlearning seed's stream 6 (frozen blocks untouched)."""
     fresh = dict(fresh_like(ctx.model, stream_seed(ctx.seed, 6)).named_parameters())
     with torch.no_grad():
         for name, p in ctx.model.named_parameters():
             if p.requires_grad:
-                p.mul_(cfg.shrink).add_(fresh[name].to(p.device, p.dtype), alpha=cfg.perturb)
+                p.mul_(shrink).add_(fresh[name].to(p.device, p.dtype), alpha=perturb)
+
+
+def setup(ctx: Setup) -> Training:
+    mix_with_fresh(ctx, ctx.cfg.shrink, ctx.cfg.perturb)
     return Training([Pass("loss", (ctx.retain_loader(0),), cross_entropy)])
 
 
