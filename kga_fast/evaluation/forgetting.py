@@ -21,7 +21,7 @@ a sorted sample (np.searchsorted), so it runs on any machine in float64 and the 
 (the reference keeps rates in float32, its single-threshold grid in float32 and adds 1e-45 inside
 its logarithms; two samples that are both constant stop it, and are scored at the cap here). Of
 the two-threshold grid (about 160,000 rules per example) only the rules where a count changes are
-counted: the same (TP, FP) pairs, so the same epsilon, about 4x faster (bench/bench_forgetting.py).
+counted: the same (TP, FP) pairs, so the same epsilon, about 5x faster (bench/bench_forgetting.py).
 
 F depends strongly on N (two draws of one distribution score about 0.19 at N = 8, 0.18 at N = 32):
 compare it only with the ceiling at the same N, F of retrains against other retrains.
