@@ -29,7 +29,15 @@ from kga_fast.errors import UserError, cli_main
 from kga_fast.freeze import parse_freeze
 from kga_fast.losses import DIRECTIONS, IMPLS, REDUCTIONS
 from kga_fast.methods import METHODS, RECOMMENDED, TRAINED, check_baseline_config, resolve
-from kga_fast.methods.kga import OPTIMIZERS, STARTS, STOPS, UNLEARN_PRESETS, UnlearnConfig, check_config
+from kga_fast.methods.kga import (
+    OPTIMIZERS,
+    RETAIN_LOSSES,
+    STARTS,
+    STOPS,
+    UNLEARN_PRESETS,
+    UnlearnConfig,
+    check_config,
+)
 from kga_fast.methods.trained import CHOICES, BaselineConfig
 from kga_fast.pipeline import Job, report, run_job
 from kga_fast.pretrain import ensure_pretrained, needed_models
@@ -54,6 +62,7 @@ OVERRIDES = {
     "holdout": float,
     "check_every": int,
     "start": str,
+    "retain_loss": str,
 }
 # --option -> the trained methods that read that BaselineConfig field (schedule: all of them;
 # the others: the methods that name it in their registry entry's `fields`); its choices, if a few
@@ -104,6 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "reduction": REDUCTIONS,
         "stop": STOPS,
         "start": STARTS,
+        "retain_loss": RETAIN_LOSSES,
     }
     for name, kind in OVERRIDES.items():
         flag = "--retain-ratio" if name == "ratio" else "--" + name.replace("_", "-")
@@ -164,6 +174,7 @@ KGA_ONLY = (
     "holdout",
     "check_every",
     "start",
+    "retain_loss",
     "no_cache_teachers",
     "prefix_cache_gb",
     "compile",

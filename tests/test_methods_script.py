@@ -122,6 +122,7 @@ def test_options_a_method_does_not_use_are_refused(tmp_path):
     cases = {
         "--method finetune --inner-steps 3": "--method finetune does not use --inner-steps",
         "--method msg --start ct": "--method msg does not use --start",
+        "--method ct --retain-loss ce": "--method ct does not use --retain-loss",
         "--method scrub --preset paper --retain-ratio 0.5": "does not use --preset, --retain-ratio",
         "--method retrain --freeze 1,2": "--method retrain does not use --freeze",
         "--method retrain --epochs 1": "--method retrain does not use --epochs",
@@ -197,7 +198,9 @@ def test_a_variant_runs_its_method_and_tuning_a_method_later_keeps_the_others(tm
     cfg = C.config_for("kga_ct", {"lr": 1e-3})
     assert C.method_of("kga_ct") == "kga" and isinstance(cfg, UnlearnConfig)
     assert (cfg.start, cfg.lr, config_key(cfg)["start"]) == ("ct", 1e-3, "ct")
-    assert "start" not in config_key(UnlearnConfig())  # records from before the field still match
+    key = config_key(UnlearnConfig())  # records from before these fields existed still match
+    assert "start" not in key and "retain_loss" not in key
+    assert config_key(UnlearnConfig(retain_loss="ce"))["retain_loss"] == "ce"
     jobs = []
     monkeypatch.setattr(C, "run_job", lambda run, models, job, acc: jobs.append(job) or [{"eval": None}])
     monkeypatch.setattr(C, "score", lambda record, pool: 0.5)

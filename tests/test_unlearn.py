@@ -15,6 +15,7 @@ from kga_fast import accel, native, reference
 from kga_fast.data import normalize
 from kga_fast.errors import UserError
 from kga_fast.freeze import apply_freeze
+from kga_fast.methods.common import MethodData
 from kga_fast.methods.kga import UNLEARN_PRESETS, UnlearnConfig, UnlearnData, check_config, unlearn
 from kga_fast.models import build_model
 
@@ -159,6 +160,43 @@ def test_one_step_matches_reference_losses(acc, monkeypatch, direction, reductio
         torch.testing.assert_close(q, p.detach() - p.grad, rtol=1e-4, atol=2e-6, msg=name)
         moved += int(p.grad.abs().sum() > 0)
     assert moved > 10
+
+
+def test_retain_loss_ce_steps_on_the_labels_of_d_r_instead_of_a_d(acc, monkeypatch):
+    """retain_loss="ce": one optimizer step (3 retain batches, then L_a) with SGD lr 1 is minus the
+    gradient of sum_b CE(A*(x_b), y_b) (1 - ratio) / inner + L_a; A_d's outputs on D_r are never
+    looked up. Without D_r's labels (UnlearnData) it is refused."""
+    rec = Recorder(monkeypatch)
+    models, base = make_models(), make_data(24, 16, 10)
+    labels = torch.randint(0, 10, (24,), generator=torch.Generator().manual_seed(2))
+    data = MethodData(*(getattr(base, f.name) for f in dataclasses.fields(base)), labels, labels[:16])
+    cfg = small_cfg(batch_size=8, lr=1.0, ratio=0.3, retain_loss="ce")
+    result = unlearn(models, data, cfg, freeze=(1,), seed=3, accelerator=acc)
+    assert rec.events == ["a", "s"] and rec.retain_idx == []
+
+    student = copy.deepcopy(models["Ad"]).requires_grad_(True)
+    apply_freeze(student, (1,))
+    student.train()
+    # The retain batches in unlearn()'s order: its loader for stream 0, rebuilt here.
+    retain = accel.rank_loader(
+        acc, data.retain, labels, global_batch=8, mean=MEAN, std=STD, shuffle=True, seed=U.stream_seed(3, 0)
+    )
+    retain.set_epoch(0)
+    for x, y, _ in retain:
+        (torch.nn.functional.cross_entropy(student(x), y) * (1 - 0.3) / 3).backward()
+    xf = normalize(data.forget[rec.forget_idx[0]], MEAN, STD)
+    xn = normalize(data.new[rec.new_idx[0]], MEAN, STD)
+    with torch.no_grad():
+        gap = reference.kl_rows(models["Ad"](xn), models["An"](xn))
+    kl_f = reference.kl_rows(student(xf), models["Af"](xf).detach())
+    (kl_f - gap).abs().mean().backward()
+    for (name, p), q in zip(student.named_parameters(), result.model.parameters(), strict=True):
+        if p.grad is None:
+            assert torch.equal(p, q), name
+        else:
+            torch.testing.assert_close(q, p.detach() - p.grad, rtol=1e-4, atol=2e-6, msg=name)
+    with pytest.raises(UserError, match="D_r's labels"):
+        unlearn(models, base, cfg, freeze=(1,), seed=3, accelerator=acc)
 
 
 FREEZE_CASES = [

@@ -30,6 +30,11 @@ A damaged start (`start="ct"`, issue 17): A* begins as A_d with every trainable 
 transposed (CT's damage, kga_fast.methods.ct); L_r (towards A_d on D_r) repairs it and L_a
 aligns its gap; the gap rule then stops once A*'s distance to A_f has come down to the target.
 
+The retain loss (`retain_loss`, issue 17): "kl" is the paper's L_r, KL(A*(x) || A_d(x)) on D_r;
+"ce" is cross-entropy on D_r's labels instead, for the question whether L_r, a distillation from
+A_d, re-teaches A* what A_d learned from D_f (fresh_distill measured that it does for a fresh
+network). It needs the labels of D_r (MethodData) and skips A_d's cached outputs on D_r.
+
 Under DDP each process takes its rank's share of every batch (DistributedSampler order), so
 the processes together see the single-process batches and pairs; only the L_a backward of a
 step all-reduces. BatchNorm in train mode normalizes per process (no SyncBatchNorm on CPU).
@@ -44,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kga_fast import accel
@@ -67,6 +73,7 @@ from kga_fast.models import StagedNet
 OPTIMIZERS = ("adam", "sgd")
 STOPS = ("epochs", "gap")
 STARTS = ("ad", "ct")
+RETAIN_LOSSES = ("kl", "ce")
 
 
 @dataclass
@@ -90,6 +97,7 @@ class UnlearnConfig:
     holdout: float = 0.2  # stop "gap": share of the D_f images kept out of L_a to check it on
     check_every: int = 4  # stop "gap": optimizer steps between checks
     start: str = "ad"  # ad: A* starts as A_d | ct: as A_d with every trainable conv kernel transposed
+    retain_loss: str = "kl"  # kl: KL to A_d on D_r (paper eq. 3) | ce: cross-entropy on D_r's labels
     cache_teachers: bool = True  # teacher outputs computed once (same losses as uncached)
     prefix_cache_gb: float = 4.0  # frozen-prefix features kept when they fit (0: never)
     compile: bool = False  # torch.compile the student
@@ -113,11 +121,13 @@ UNLEARN_PRESETS = {"default": DEFAULT, "paper": PAPER}
 
 
 def config_key(cfg: UnlearnConfig) -> dict:
-    """The fields that change the result: what results.json records as "config". `start` is
-    left out at "ad": the records written before it existed started there, and still match."""
+    """The fields that change the result: what results.json records as "config". `start` and
+    `retain_loss` are left out at "ad" and "kl": the records written before they existed used
+    those, and still match."""
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
-    if key["start"] == "ad":
-        del key["start"]
+    for name, before in (("start", "ad"), ("retain_loss", "kl")):
+        if key[name] == before:
+            del key[name]
     return key
 
 
@@ -129,6 +139,7 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
         ("reduction", REDUCTIONS),
         ("stop", STOPS),
         ("start", STARTS),
+        ("retain_loss", RETAIN_LOSSES),
     ):
         if getattr(cfg, name) not in choices:
             raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")
@@ -185,8 +196,15 @@ def unlearn(
     if pair < 1:
         raise UserError(f"D_f ({len(data.forget)}) and D_n ({len(data.new)}) need a sample per process")
 
-    def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool) -> DeviceLoader:
-        labels = torch.zeros(len(images), dtype=torch.int64)  # unused: KGA compares outputs
+    labels = None  # D_r's labels: read by retain_loss "ce" only
+    if cfg.retain_loss == "ce":
+        labels = getattr(data, "retain_labels", None)
+        if labels is None:
+            raise UserError("retain loss ce trains on D_r's labels: pass MethodData, which holds them")
+
+    def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool, labels=None) -> DeviceLoader:
+        if labels is None:  # unused: L_a and the KL retain loss compare outputs
+            labels = torch.zeros(len(images), dtype=torch.int64)
         return accel.rank_loader(
             accelerator,
             images,
@@ -199,7 +217,7 @@ def unlearn(
             drop_last=drop_last,
         )
 
-    retain_dl = loader(0, data.retain, per_rank, False)
+    retain_dl = loader(0, data.retain, per_rank, False, labels)
     forget_dl = loader(1, data.forget, pair, True)  # drop_last: every pair batch has P rows
     new_dl = loader(2, data.new, pair, True)
     n_batches = len(retain_dl)
@@ -224,7 +242,9 @@ def unlearn(
         start_epoch, losses = progress["epoch"], progress["losses"]
         t0 = time.perf_counter()
         teachers = {k: models[k] for k in ("Ad", "Af", "An")}
-        teachers = Teachers(teachers, data, accelerator, cfg.cache_teachers, cfg.impl)
+        teachers = Teachers(
+            teachers, data, accelerator, cfg.cache_teachers, cfg.impl, retain=cfg.retain_loss == "kl"
+        )
         prefix = PrefixCache(raw, data, accelerator, cfg.prefix_cache_gb)
         if prefix.skipped:
             accelerator.print(f"note: {prefix.skipped}")
@@ -264,13 +284,16 @@ def unlearn(
             sum_r = torch.zeros((), device=device)  # summed on the device: no host sync per step
             sum_a = torch.zeros((), device=device)
             steps = 0
-            for b, (x, _, idx) in enumerate(retain_dl, 1):
+            for b, (x, y, idx) in enumerate(retain_dl, 1):
                 # L_r backwards accumulate locally; only the step's L_a backward all-reduces.
                 with accelerator.no_sync(student):
                     with accelerator.autocast():
                         out = student(*prefix.inputs("retain", x, idx)).float()  # (B, K)
-                    target = teachers.retain(x, idx)  # (B, K)
-                    l_r = retain_loss(out, target, direction=cfg.direction, impl=cfg.impl)
+                    if cfg.retain_loss == "ce":
+                        l_r = F.cross_entropy(out, y)
+                    else:
+                        target = teachers.retain(x, idx)  # (B, K)
+                        l_r = retain_loss(out, target, direction=cfg.direction, impl=cfg.impl)
                     accelerator.backward(l_r * scale)
                 sum_r += l_r.detach()
                 if b % cfg.inner_steps == 0 or b == n_batches:

@@ -24,9 +24,12 @@ from kga_fast.models import StagedNet
 
 class Teachers:
     """Outputs of the frozen teachers for a batch: cached tensors indexed by position (computed
-    once by evaluate.predict, whole set on every process), or the models run on the batch."""
+    once by evaluate.predict, whole set on every process), or the models run on the batch.
+    `retain=False`: A_d's outputs on D_r are not cached (a retain loss that does not read them)."""
 
-    def __init__(self, models: dict[str, StagedNet], data: UnlearnData, accelerator, cached: bool, impl):
+    def __init__(
+        self, models: dict[str, StagedNet], data: UnlearnData, accelerator, cached: bool, impl, retain=True
+    ):
         self.models, self.accelerator, self.cached, self.impl = models, accelerator, cached, impl
         for m in models.values():
             m.eval().requires_grad_(False)
@@ -36,7 +39,7 @@ class Teachers:
                 out = predict(models[name], images, mean=data.mean, std=data.std, accelerator=accelerator)
                 return out.to(accelerator.device)
 
-            self.retain_logits = logits("Ad", data.retain)  # (N_r, K)
+            self.retain_logits = logits("Ad", data.retain) if retain else None  # (N_r, K)
             self.forget_logits = logits("Af", data.forget)  # (N_f, K)
             new_ad, new_an = logits("Ad", data.new), logits("An", data.new)
             self.new_gap = kl_rows(new_ad, new_an, impl=impl)  # (N_n,) KL(A_d || A_n)
