@@ -1,9 +1,10 @@
 """Worker for tests/test_unlearn_ddp.py: one KGA unlearning run, alone or under torchrun.
 
-    python tests/ddp_unlearn_worker.py OUT.pt ARCH FREEZE              # one process
-    torchrun --nproc_per_node 2 tests/ddp_unlearn_worker.py OUT.pt ARCH FREEZE
+    python tests/ddp_unlearn_worker.py OUT.pt ARCH FREEZE [RETAIN_LOSS]              # one process
+    torchrun --nproc_per_node 2 tests/ddp_unlearn_worker.py OUT.pt ARCH FREEZE [RETAIN_LOSS]
 
-ARCH is resnet18 or "plain" (a small CNN without BatchNorm or dropout). Models and data come
+ARCH is resnet18 or "plain" (a small CNN without BatchNorm or dropout); RETAIN_LOSS kl (the
+default) or ce, which trains on D_r's labels (each rank must draw its images' own labels). Models and data come
 from fixed seeds; the main process saves the unlearned model's state, its per-epoch losses and
 the logits of A_d and A* on held-out images, for the test to compare. After
 kga_fast.accel.shutdown each rank writes the gloo threads it still has to OUT.rank<r>.threads.
@@ -27,6 +28,7 @@ from torch import nn  # noqa: E402
 from kga_fast import accel  # noqa: E402
 from kga_fast.data import normalize  # noqa: E402
 from kga_fast.evaluation.evaluate import predict  # noqa: E402
+from kga_fast.methods.common import MethodData  # noqa: E402
 from kga_fast.methods.kga import UnlearnConfig, UnlearnData, unlearn  # noqa: E402
 from kga_fast.models import StagedNet, build_model  # noqa: E402
 
@@ -74,11 +76,16 @@ def make_case(arch: str) -> tuple[dict, UnlearnData, torch.Tensor]:
     return {name: build() for name in ("Ad", "Af", "An")}, data, held_out
 
 
-def main(accelerator: Accelerator, out: str, arch: str, spec: str) -> None:
+def main(accelerator: Accelerator, out: str, arch: str, spec: str, retain_loss: str = "kl") -> None:
     freeze = tuple(int(b) for b in spec.split(",") if b != "0")
     models, data, held_out = make_case(arch)
-    # The plain CNN's outputs are near uniform, so its gradients are small: a larger step.
-    cfg = dataclasses.replace(CONFIG, lr=2.0) if arch == "plain" else CONFIG
+    # The plain CNN's outputs are near uniform, so its KL gradients are small: a larger step.
+    lr = {"kl": 2.0, "ce": 0.05}[retain_loss] if arch == "plain" else CONFIG.lr
+    cfg = dataclasses.replace(CONFIG, lr=lr, retain_loss=retain_loss)
+    if retain_loss == "ce":
+        labels = torch.randint(0, 10, (len(data.retain),), generator=torch.Generator().manual_seed(2))
+        fields = (getattr(data, f.name) for f in dataclasses.fields(data))
+        data = MethodData(*fields, retain_labels=labels, forget_labels=labels[: len(data.forget)])
     result = unlearn(models, data, cfg, freeze=freeze, seed=0, accelerator=accelerator)
     logits = predict(result.model, held_out, mean=MEAN, std=STD, accelerator=accelerator)
     before = predict(models["Ad"], held_out, mean=MEAN, std=STD, accelerator=accelerator)
@@ -99,6 +106,6 @@ def main(accelerator: Accelerator, out: str, arch: str, spec: str) -> None:
 if __name__ == "__main__":
     out = sys.argv[1]
     accelerator = Accelerator(cpu=True)
-    main(accelerator, out, sys.argv[2], sys.argv[3])
+    main(accelerator, out, *sys.argv[2:])
     accel.shutdown(accelerator)
     Path(f"{out}.rank{accelerator.process_index}.threads").write_text(json.dumps(gloo_threads()))

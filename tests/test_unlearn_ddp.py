@@ -29,7 +29,7 @@ WORKER = str(ROOT / "tests" / "ddp_unlearn_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
 
 
-def run(out: Path, arch: str, freeze: str, processes: int) -> dict:
+def run(out: Path, arch: str, freeze: str, processes: int, retain_loss: str = "kl") -> dict:
     if processes == 1:
         cmd = [sys.executable, WORKER]
     else:
@@ -43,7 +43,7 @@ def run(out: Path, arch: str, freeze: str, processes: int) -> dict:
             WORKER,
         ]
     proc = subprocess.run(
-        [*cmd, str(out), arch, freeze], env=ENV, capture_output=True, text=True, timeout=300
+        [*cmd, str(out), arch, freeze, retain_loss], env=ENV, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(out)
@@ -54,10 +54,13 @@ def run(out: Path, arch: str, freeze: str, processes: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,freeze", [("plain", "0"), ("resnet18", "1,2,3,4")])
-def test_two_processes_match_one_at_the_same_global_batch(tmp_path, arch, freeze):
-    one = run(tmp_path / "one.pt", arch, freeze, 1)
-    two = run(tmp_path / "two.pt", arch, freeze, 2)
+@pytest.mark.parametrize(
+    "arch,freeze,retain_loss", [("plain", "0", "kl"), ("resnet18", "1,2,3,4", "kl"), ("plain", "0", "ce")]
+)
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path, arch, freeze, retain_loss):
+    """retain_loss "ce": each rank's share of D_r comes with its own labels."""
+    one = run(tmp_path / "one.pt", arch, freeze, 1, retain_loss)
+    two = run(tmp_path / "two.pt", arch, freeze, 2, retain_loss)
     moved = 0
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, rtol=1e-4, atol=1e-6, msg=k)
