@@ -196,10 +196,10 @@ def unlearn(
     if pair < 1:
         raise UserError(f"D_f ({len(data.forget)}) and D_n ({len(data.new)}) need a sample per process")
 
-    labels = None  # D_r's labels: read by retain_loss "ce" only
+    retain_labels = None  # read by retain_loss "ce" only
     if cfg.retain_loss == "ce":
-        labels = getattr(data, "retain_labels", None)
-        if labels is None:
+        retain_labels = getattr(data, "retain_labels", None)
+        if retain_labels is None:
             raise UserError("retain loss ce trains on D_r's labels: pass MethodData, which holds them")
 
     def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool, labels=None) -> DeviceLoader:
@@ -217,7 +217,7 @@ def unlearn(
             drop_last=drop_last,
         )
 
-    retain_dl = loader(0, data.retain, per_rank, False, labels)
+    retain_dl = loader(0, data.retain, per_rank, False, retain_labels)
     forget_dl = loader(1, data.forget, pair, True)  # drop_last: every pair batch has P rows
     new_dl = loader(2, data.new, pair, True)
     n_batches = len(retain_dl)
