@@ -4,9 +4,9 @@
     torchrun --nproc_per_node 2 tests/ddp_unlearn_worker.py OUT.pt ARCH FREEZE [RETAIN_LOSS]
 
 ARCH is resnet18 or "plain" (a small CNN without BatchNorm or dropout); RETAIN_LOSS kl (the
-default) or ce, which trains on D_r's labels (each rank must draw its images' own labels). Models and data come
-from fixed seeds; the main process saves the unlearned model's state, its per-epoch losses and
-the logits of A_d and A* on held-out images, for the test to compare. After
+default) or ce, which trains on D_r's labels (each rank must draw its images' own labels).
+Models and data come from fixed seeds; the main process saves the unlearned model's state, its
+per-epoch losses and the logits of A_d and A* on held-out images, for the test to compare. After
 kga_fast.accel.shutdown each rank writes the gloo threads it still has to OUT.rank<r>.threads.
 """
 
