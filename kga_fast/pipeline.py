@@ -167,7 +167,8 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
         forget_labels=labels["forget"],
     )
     if job.method == "kga":  # L_a aligns on the D_f images A_f was trained on
-        aligned = dataclasses.replace(data, forget=run.subset("helper_forget")[0])
+        helper_forget, helper_labels = run.subset("helper_forget")
+        aligned = dataclasses.replace(data, forget=helper_forget, forget_labels=helper_labels)
     pool = pool_names(run.cfg.retrains) if job.retrain and run.cfg.retrains > 1 else ()
     reference = ("Ad", "Ar", *pool[1:]) if job.retrain else ("Ad",)
     ar_seconds = _seconds_or_none(run_dir, "Ar") if job.retrain else None

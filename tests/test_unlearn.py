@@ -199,6 +199,19 @@ def test_retain_loss_ce_steps_on_the_labels_of_d_r_instead_of_a_d(acc, monkeypat
         unlearn(models, base, cfg, freeze=(1,), seed=3, accelerator=acc)
 
 
+def test_method_data_keeps_labels_beside_their_images(acc):
+    """MethodData refuses labels that do not match its images, so a set replaced without its
+    labels (KGA's held-out share of D_f under the gap rule) cannot go unnoticed."""
+    base = make_data(24, 16, 10)
+    images = [getattr(base, f.name) for f in dataclasses.fields(base)]
+    labels = torch.zeros(24, dtype=torch.int64)
+    with pytest.raises(ValueError, match="16 forget images but 15 forget labels"):
+        MethodData(*images, labels, labels[:15])
+    data = MethodData(*images, labels, labels[:16])
+    cfg = small_cfg(stop="gap", check_every=1, retain_loss="ce")  # holds 4 of D_f's 16 out of L_a
+    unlearn(make_models(), data, cfg, freeze=(1, 2, 3), seed=0, accelerator=acc)
+
+
 FREEZE_CASES = [
     ("resnet18", (1, 2)),
     ("resnet18", (2, 4)),

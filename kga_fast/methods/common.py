@@ -52,6 +52,14 @@ class MethodData(UnlearnData):
     retain_labels: torch.Tensor  # (N_r,) int64
     forget_labels: torch.Tensor  # (N_f,) int64
 
+    def __post_init__(self):
+        for name, images, labels in (
+            ("retain", self.retain, self.retain_labels),
+            ("forget", self.forget, self.forget_labels),
+        ):
+            if len(images) != len(labels):
+                raise ValueError(f"{len(images)} {name} images but {len(labels)} {name} labels")
+
 
 @dataclass
 class UnlearnResult:

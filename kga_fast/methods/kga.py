@@ -58,6 +58,7 @@ from kga_fast.errors import UserError
 from kga_fast.losses import DIRECTIONS, REDUCTIONS, alignment_loss, retain_loss
 from kga_fast.methods.common import (
     Method,
+    MethodData,
     UnlearnData,
     UnlearnResult,
     dropout_seed,
@@ -190,7 +191,8 @@ def unlearn(
     if cfg.stop == "gap":  # a share of D_f kept out of L_a to check the rule on; D_n whole (the target)
         keep_f, held_f = holdout_split(len(data.forget), cfg.holdout, stream_seed(seed, 4))
         held = (data.forget[held_f], data.new)
-        data = dataclasses.replace(data, forget=data.forget[keep_f])
+        kept = {"forget_labels": data.forget_labels[keep_f]} if isinstance(data, MethodData) else {}
+        data = dataclasses.replace(data, forget=data.forget[keep_f], **kept)
     per_rank = accel.per_process_batch(accelerator, cfg.batch_size)
     pair = min(per_rank, len(data.forget) // world, len(data.new) // world)  # D_f/D_n pairs per rank
     if pair < 1:
