@@ -200,9 +200,9 @@ def unlearn(
 
     retain_labels = None  # read by retain_loss "ce" only
     if cfg.retain_loss == "ce":
-        retain_labels = getattr(data, "retain_labels", None)
-        if retain_labels is None:
+        if not isinstance(data, MethodData):
             raise UserError("retain loss ce trains on D_r's labels: pass MethodData, which holds them")
+        retain_labels = data.retain_labels
 
     def loader(stream: int, images: torch.Tensor, batch: int, drop_last: bool, labels=None) -> DeviceLoader:
         if labels is None:  # unused: L_a and the KL retain loss compare outputs
