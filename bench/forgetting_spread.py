@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from targets import method_rows  # noqa: E402  (bench/targets.py: one row per method and setting)
 
-from kga_fast.checkpoint import has_model, load_model  # noqa: E402
+from kga_fast.checkpoint import SavedModels, has_model, load_model  # noqa: E402
 from kga_fast.errors import UserError, cli_main  # noqa: E402
 from kga_fast.evaluation.evaluate import predict  # noqa: E402
 from kga_fast.evaluation.forgetting import forgetting_quality, logit_scaled_confidence  # noqa: E402
@@ -226,9 +226,10 @@ def spread_table(run, accelerator) -> str:
     # folder; computed and kept here if it is missing or stale).
     members = [Path(c).stem for c in pool["checkpoints"]][: 2 * n]
     splits = {s: run.subset(s) for s in EVAL_SPLITS}
-    reference_models = {m: load_model(run_dir, m, device=accelerator.device)[0] for m in ("Ad", *members)}
+    names = ("Ad", *members)  # the pool is read only where its cache is stale, one model at a time
+    reference_models = SavedModels(run_dir, names, keep=("Ad",), device=accelerator.device)
     cached, _ = reference_outputs_cached(
-        run, reference_models, splits, {s: y for s, (_, y) in splits.items()}, accelerator
+        run, reference_models, names, splits, {s: y for s, (_, y) in splits.items()}, accelerator
     )
     pool_conf = np.stack([logit_scaled_confidence(cached["forget"][m], labels) for m in members])
     first, reference = pool_conf[:n], pool_conf[n:]

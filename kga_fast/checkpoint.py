@@ -8,6 +8,7 @@ counts as present only when both files are, so an interrupted save is never take
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -112,3 +113,34 @@ def load_model(
         why = " ".join(str(e).split())[:300] or type(e).__name__
         raise UserError(f"cannot load {weights} into the {saved['arch']} its JSON names: {why}") from None
     return model.to(device).eval(), meta
+
+
+class SavedModels(Mapping[str, StagedNet]):
+    """The saved models `names` of a run folder by name, each read (load_model with `load_args`,
+    requires_grad off) when it is looked up. Those in `keep` stay in memory after their first
+    read; the others are read again at each look-up and freed when the caller drops them, so that
+    a pool of 64 retrains, read once per run folder to cache its outputs, is never held at once."""
+
+    def __init__(self, run_dir: str | Path, names: Iterable[str], *, keep: Iterable[str] = (), **load_args):
+        self._run_dir, self._names, self._load_args = run_dir, tuple(names), load_args
+        self._keep = set(keep) & set(self._names)
+        self._kept: dict[str, StagedNet] = {}
+
+    def __getitem__(self, name: str) -> StagedNet:
+        if name not in self._names:
+            raise KeyError(name)
+        if name in self._kept:
+            return self._kept[name]
+        model = load_model(self._run_dir, name, **self._load_args)[0].requires_grad_(False)
+        if name in self._keep:
+            self._kept[name] = model
+        return model
+
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the model
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

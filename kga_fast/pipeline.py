@@ -17,6 +17,7 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,16 +109,17 @@ def _seconds_or_none(run_dir, name: str) -> float | None:
 
 
 def reference_outputs_cached(
-    run: Run, models: dict[str, StagedNet], splits: dict, labels: dict, accelerator
+    run: Run, models: Mapping[str, StagedNet], names, splits: dict, labels: dict, accelerator
 ) -> tuple[dict, dict]:
-    """({split: {model: logits}}, {model: audit}) of the reference models (A_d, A_r, the pool),
-    kept in <run>/cache/eval-<model>.safetensors with the SHA-256 of the checkpoint they came from
-    and the precision: computed once per run folder, not per method and seed. The audit is
-    computed (and returned) on the main process only."""
+    """({split: {model: logits}}, {model: audit}) of the reference models `names` (A_d, A_r, the
+    pool), kept in <run>/cache/eval-<model>.safetensors with the SHA-256 of the checkpoint they came
+    from and the precision: computed once per run folder, not per method and seed. The audit is
+    computed (and returned) on the main process only. A model is looked up in `models` only when
+    its outputs are computed (a SavedModels reads a pool member then, and frees it after)."""
     run_dir = run.cfg.run_dir
-    paths = {m: run_dir / "cache" / f"eval-{m}.safetensors" for m in models}
+    paths = {m: run_dir / "cache" / f"eval-{m}.safetensors" for m in names}
     precision = str(accelerator.mixed_precision)  # bf16 logits are not fp32 logits
-    shas = {m: sha256_file(run_dir / "models" / f"{m}.safetensors") for m in models}
+    shas = {m: sha256_file(run_dir / "models" / f"{m}.safetensors") for m in names}
     found = {}
     for m, path in paths.items():
         if path.is_file():
@@ -129,16 +131,18 @@ def reference_outputs_cached(
     accelerator.wait_for_everyone()  # every rank decided what to compute before anything is written
     logits: dict[str, dict] = {s: {} for s in splits}
     mia: dict[str, dict] = {}
-    for m, model in models.items():
+    for m in names:
         if m in found:
             by_split, mia[m] = found[m]
         else:
+            model = models[m]
             by_split = {
                 s: predict(
                     model, splits[s][0], mean=run.train.mean, std=run.train.std, accelerator=accelerator
                 )
                 for s in splits
             }
+            del model  # a pool member read for this is freed before the next is read
             if accelerator.is_main_process:
                 mia[m] = audit_models({m: by_split}, labels)[m]
                 meta = {"checkpoint_sha256": shas[m], "mixed_precision": precision, "mia": json.dumps(mia[m])}
@@ -150,7 +154,7 @@ def reference_outputs_cached(
     return logits, mia
 
 
-def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> list[dict]:
+def run_job(run: Run, models: Mapping[str, StagedNet], job: Job, accelerator) -> list[dict]:
     """Run `job` on `run` (module doc); returns the records written (or found) per (freeze, seed)."""
     if job.method == "retrain" and not job.retrain:
         raise UserError("method retrain needs A_r: drop --no-retrain")
@@ -189,9 +193,7 @@ def run_job(run: Run, models: dict[str, StagedNet], job: Job, accelerator) -> li
     def reference_outputs() -> None:
         if fixed:
             return
-        logits, mia = reference_outputs_cached(
-            run, {m: models[m] for m in reference}, splits, labels, accelerator
-        )
+        logits, mia = reference_outputs_cached(run, models, reference, splits, labels, accelerator)
         fixed.update(logits, mia=mia)
         if pool and accelerator.is_main_process:
             block = summarize_pool(

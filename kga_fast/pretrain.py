@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from kga_fast import accel
-from kga_fast.checkpoint import has_model, load_model, save_model
+from kga_fast.checkpoint import SavedModels, has_model, load_model, save_model
 from kga_fast.config import PretrainConfig
 from kga_fast.errors import UserError
 from kga_fast.evaluation.evaluate import classification_metrics, predict
@@ -82,7 +82,8 @@ def _base_weights(run: Run, name: str, accelerator: Accelerator) -> dict | None:
         raise UserError(f"model {BASE} is the base of --helpers common; {run.cfg.run_dir} uses {recipe}")
     if name not in ("Af", "An") or recipe != "common":
         return None
-    return _saved_or_trained(run, BASE, accelerator).state_dict()
+    _ensure_saved(run, BASE, accelerator)
+    return load_model(run.cfg.run_dir, BASE, device=accelerator.device, **_shape(run))[0].state_dict()
 
 
 def train_model(run: Run, name: str, accelerator: Accelerator) -> StagedNet:
@@ -235,26 +236,35 @@ def ensure_pretrained(
     *,
     allow_train: bool = True,
     names: tuple[str, ...] = MODEL_NAMES,
-) -> dict[str, StagedNet]:
+) -> SavedModels:
     """The models `names` (default all four: "Ad", "Af", "An", "Ar"; a retrain pool adds "Ar-1"
-    ...): loaded when saved, trained when missing.
+    ...): trained first when missing, then read from the run folder by name (SavedModels). A_d,
+    the helpers and A_r are read here and kept; a pool's other members only when they are looked
+    up (the pipeline does once per run folder, to cache their outputs), one at a time.
 
-    Returned on the accelerator's device, in eval mode, with requires_grad off (frozen teachers).
+    On the accelerator's device, in eval mode, with requires_grad off (frozen teachers).
     """
     cfg = run.cfg
     if cfg.model is not None:
         import_ad(run, accelerator)
-    models = {}
     for name in names:
         if not is_model_name(name):
             raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}, {BASE} or Ar-<k>")
-        models[name] = _saved_or_trained(run, name, accelerator, allow_train).requires_grad_(False)
+        _ensure_saved(run, name, accelerator, allow_train)
+    keep = [name for name in names if not pool_member(name)]  # not "Ar-<k>" with k >= 1
+    models = SavedModels(cfg.run_dir, names, keep=keep, device=accelerator.device, **_shape(run))
+    for name in keep:  # read now: a checkpoint that does not fit the run is refused before any work
+        models[name]  # noqa: B018
     return models
 
 
-def _saved_or_trained(run: Run, name: str, accelerator: Accelerator, allow_train: bool = True) -> StagedNet:
-    """Model `name` of the run folder on the accelerator's device, in eval mode: loaded when saved,
-    trained first when missing (all processes train; the main one saves)."""
+def _shape(run: Run) -> dict:
+    """What every model of the run folder must be (load_model refuses another)."""
+    return {"arch": run.cfg.arch, "num_classes": run.num_classes, "in_channels": run.in_channels}
+
+
+def _ensure_saved(run: Run, name: str, accelerator: Accelerator, allow_train: bool = True) -> None:
+    """Train model `name` when the run folder lacks it (all processes train; the main one saves)."""
     cfg = run.cfg
     if not has_model(cfg.run_dir, name):
         if not allow_train:
@@ -264,15 +274,6 @@ def _saved_or_trained(run: Run, name: str, accelerator: Accelerator, allow_train
             )
         train_model(run, name, accelerator)
         accelerator.wait_for_everyone()
-    model, _ = load_model(
-        cfg.run_dir,
-        name,
-        arch=cfg.arch,
-        num_classes=run.num_classes,
-        in_channels=run.in_channels,
-        device=accelerator.device,
-    )
-    return model.eval()
 
 
 def import_ad(run: Run, accelerator: Accelerator) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kga_fast.checkpoint as checkpoint
-from kga_fast.checkpoint import has_model, load_model, save_model
+from kga_fast.checkpoint import SavedModels, has_model, load_model, save_model
 from kga_fast.errors import UserError
 from kga_fast.freeze import apply_freeze
 from kga_fast.models import build_model
@@ -101,3 +101,25 @@ def test_failed_save_leaves_the_old_model_intact(tmp_path, small_model, monkeypa
     save_model(tmp_path, "Ad", small_model, {"epochs": 2})  # a successful overwrite replaces both
     assert load_model(tmp_path, "Ad")[1]["epochs"] == 2
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["Ad.json", "Ad.safetensors"]
+
+
+def test_saved_models_keep_only_what_they_are_told(tmp_path, small_model, monkeypatch):
+    """SavedModels reads a model when it is looked up: those in `keep` once, the others at each
+    look-up; asking what it holds reads nothing, and a wrong shape is refused as load_model does."""
+    for name in ("Ad", "Ar-1"):
+        save_model(tmp_path, name, small_model, {})
+    reads = []
+    load = checkpoint.load_model
+    monkeypatch.setattr(
+        checkpoint, "load_model", lambda run_dir, name, **kw: reads.append(name) or load(run_dir, name, **kw)
+    )
+    models = SavedModels(tmp_path, ("Ad", "Ar-1"), keep=("Ad",), arch="resnet18-cifar")
+    assert list(models) == ["Ad", "Ar-1"] and len(models) == 2 and "Ar-1" in models and "Af" not in models
+    assert reads == []
+    assert models["Ad"] is models["Ad"] and models["Ar-1"] is not models["Ar-1"]
+    assert reads == ["Ad", "Ar-1", "Ar-1"]
+    assert not models["Ar-1"].training and not any(p.requires_grad for p in models["Ad"].parameters())
+    with pytest.raises(KeyError):
+        models["Af"]
+    with pytest.raises(UserError, match="arch='resnet18-cifar'.*arch='vgg11'"):
+        SavedModels(tmp_path, ("Ad",), arch="vgg11")["Ad"]

@@ -213,6 +213,42 @@ def test_an_unlearning_that_returns_retrains_scores_the_ceiling():
 
 
 @needs_fmnist
+def test_the_pool_is_read_only_where_its_cached_outputs_are_missing(pooled_run, monkeypatch):
+    """ensure_pretrained keeps A_d, the helpers and A_r in memory, not the pool's other members:
+    reference_outputs_cached reads each of those once, where its outputs are not cached yet."""
+    from accelerate import Accelerator
+
+    import kga_fast.checkpoint as checkpoint
+    from kga_fast.pipeline import EVAL_SPLITS, reference_outputs_cached
+    from kga_fast.pretrain import ensure_pretrained, needed_models
+
+    accelerator = Accelerator(cpu=True)
+    run = open_run(RunConfig(run_dir=pooled_run, train_subset=64, test_subset=40, retrains=4), accelerator)
+    models = ensure_pretrained(run, accelerator, allow_train=False, names=needed_models(run.cfg))
+    reads = []
+    load_model = checkpoint.load_model
+
+    def counted(run_dir, name, **kwargs):
+        reads.append(name)
+        return load_model(run_dir, name, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_model", counted)
+    assert models["Ad"] is models["Ad"] and models["Ar"] is models["Ar"] and reads == []
+    assert "Ar-3" in models and reads == []
+    splits = {s: run.subset(s) for s in EVAL_SPLITS}
+    labels = {s: y for s, (_, y) in splits.items()}
+    names = ("Ad", "Ar", "Ar-1", "Ar-2", "Ar-3")
+    first, _ = reference_outputs_cached(run, models, names, splits, labels, accelerator)
+    assert reads == ["Ar-1", "Ar-2", "Ar-3"]
+    (pooled_run / "cache" / "eval-Ar-2.safetensors").unlink()
+    again, _ = reference_outputs_cached(run, models, names, splits, labels, accelerator)
+    assert reads == ["Ar-1", "Ar-2", "Ar-3", "Ar-2"]
+    for s in splits:
+        for m in names:
+            torch.testing.assert_close(again[s][m], first[s][m])
+
+
+@needs_fmnist
 def test_forgetting_quality_of_a_group_against_half_the_pool(pooled_run, monkeypatch):
     """In process, with F's minimum N lowered to 2: two seeds against retrains 3-4, the ceiling
     retrains 1-2 against them; seeds finished earlier are read back from their checkpoints."""

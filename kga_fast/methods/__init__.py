@@ -15,6 +15,7 @@ API, compare.py and the report read.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def baseline_config_key(cfg: BaselineConfig) -> dict:
 
 
 def unlearn_baseline(
-    models: dict[str, StagedNet],
+    models: Mapping[str, StagedNet],
     data: MethodData,
     cfg: BaselineConfig,
     *,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +102,7 @@ def endless(loader: DeviceLoader, start: int) -> Iterator[tuple[torch.Tensor, ..
         epoch, skip = epoch + 1, 0
 
 
-def start_from_ad(models: dict[str, StagedNet], freeze: tuple[int, ...], accelerator) -> StagedNet:
+def start_from_ad(models: Mapping[str, StagedNet], freeze: tuple[int, ...], accelerator) -> StagedNet:
     """A* as every method starts it: a float32 copy of A_d with the 1-based blocks `freeze`
     frozen, in the accelerator's training memory format."""
     raw = copy.deepcopy(models["Ad"]).float()

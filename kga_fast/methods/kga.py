@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def _make_optimizer(cfg: UnlearnConfig, params: list[torch.nn.Parameter]) -> tor
 
 
 def unlearn(
-    models: dict[str, StagedNet],
+    models: Mapping[str, StagedNet],
     data: UnlearnData,
     cfg: UnlearnConfig,
     *,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from kga_fast.methods.common import Method, UnlearnResult, train_seconds
 from kga_fast.models import StagedNet
 
 
-def retrain(models: dict[str, StagedNet], run_dir: str | Path) -> UnlearnResult:
+def retrain(models: Mapping[str, StagedNet], run_dir: str | Path) -> UnlearnResult:
     """A_r as it is (freezing n/a); its time is A_r's training time (models/Ar.json)."""
     return UnlearnResult(models["Ar"].eval(), train_seconds(run_dir, "Ar"), 0.0, 0, {})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,7 +116,7 @@ class Setup:
     params: list[torch.nn.Parameter]
     data: MethodData
     cfg: BaselineConfig
-    models: dict[str, StagedNet]
+    models: Mapping[str, StagedNet]
     seed: int
     accelerator: object
     num_classes: int
@@ -243,7 +243,7 @@ def _batches(p: Pass, epoch: int) -> Iterator[tuple]:
 
 def train(
     setup: Callable[[Setup], Training],
-    models: dict[str, StagedNet],
+    models: Mapping[str, StagedNet],
     data: MethodData,
     cfg: BaselineConfig,
     *,
